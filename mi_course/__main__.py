@@ -1,0 +1,3 @@
+from mi_course.cli import main
+
+raise SystemExit(main())
