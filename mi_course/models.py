@@ -1,0 +1,255 @@
+"""The course's model zoo: `load_model(name)` and `ground_truth(name)`.
+
+Three models ship inside the package and load offline in well under a second:
+
+- ``"handwired-induction"``: 2 attention-only layers whose weights are set by hand
+  (see `mi_course.handwired`); its exact circuit is known (`ground_truth`).
+- ``"attn-only-2l"``: 2 attention-only layers trained on repeated random tokens.
+- ``"toy-lm"``: a small GPT-style model trained on the course's synthetic English.
+
+``"gpt2-small"`` is TransformerLens's pretrained GPT-2 small, downloaded from the Hugging
+Face hub when it is reachable (e.g. on Colab).
+
+A trained model lives in ``mi_course/zoo/<name>/`` as config.json, model.safetensors,
+tokenizer.json and MODEL_CARD.md, written by `mi_course.training.save_model`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformers import PreTrainedTokenizerFast
+
+from mi_course.circuits import Circuit
+
+__all__ = [
+    "MODEL_NAMES",
+    "OFFLINE_MODELS",
+    "ZOO",
+    "CorruptWeightsError",
+    "DeviceUnavailableError",
+    "GroundTruthUnknownError",
+    "MissingWeightsError",
+    "ModelOfflineError",
+    "UnknownModelError",
+    "ground_truth",
+    "load_from_directory",
+    "load_model",
+    "word_level_tokenizer",
+    "wrap_tokenizer",
+]
+
+MODEL_NAMES = ("handwired-induction", "attn-only-2l", "toy-lm", "gpt2-small")
+OFFLINE_MODELS = ("handwired-induction", "attn-only-2l", "toy-lm")
+ZOO = Path(__file__).resolve().parent / "zoo"
+ZOO_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+class UnknownModelError(ValueError):
+    """A model name that is not in the zoo."""
+
+
+class GroundTruthUnknownError(ValueError):
+    """A ground-truth circuit was asked for a model whose circuit nobody knows exactly."""
+
+
+class MissingWeightsError(RuntimeError):
+    """A zoo folder or one of its files is missing."""
+
+
+class CorruptWeightsError(RuntimeError):
+    """A zoo file exists but cannot be read, or does not match the config."""
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested torch device does not exist on this machine."""
+
+
+class ModelOfflineError(RuntimeError):
+    """GPT-2 small needs the Hugging Face hub, which is offline or unreachable."""
+
+
+def _check_name(name: str) -> None:
+    if name in MODEL_NAMES:
+        return
+    close = difflib.get_close_matches(str(name), MODEL_NAMES, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UnknownModelError(f"Unknown model {name!r}.{hint} The models are: {', '.join(map(repr, MODEL_NAMES))}.")
+
+
+def _check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceUnavailableError(f"{device!r} is not a torch device name; use 'cpu' (or 'cuda' on a GPU).") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError(
+            f"device={device!r} but this machine has no CUDA GPU (torch.cuda.is_available() is False). "
+            "Use device='cpu'; the zoo's small models run fast on a CPU."
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailableError(f"device={device!r} but Apple's MPS backend is not available here. Use device='cpu'.")
+    return dev
+
+
+def wrap_tokenizer(
+    tokenizer: Tokenizer,
+    *,
+    bos_token: str,
+    eos_token: str | None = None,
+    pad_token: str | None = None,
+    unk_token: str | None = None,
+    name: str = "mi-course",
+) -> PreTrainedTokenizerFast:
+    """Wrap a `tokenizers` tokenizer so HookedTransformer can use it offline, BOS prepended.
+
+    EOS and padding default to BOS (as in GPT-2). HookedTransformer looks up
+    ``init_kwargs["name_or_path"]`` and, unless ``add_bos_token`` is set, re-downloads the
+    tokenizer by that name: both are set here so that nothing touches the network.
+    """
+    for token in (bos_token, eos_token, pad_token, unk_token):
+        if token is not None and tokenizer.token_to_id(token) is None:
+            raise ValueError(f"special token {token!r} is not in the tokenizer's vocabulary; add it first.")
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=bos_token,
+        eos_token=eos_token or bos_token,
+        pad_token=pad_token or bos_token,
+        unk_token=unk_token,
+        add_bos_token=True,
+    )
+    wrapped.init_kwargs["name_or_path"] = name
+    return wrapped
+
+
+def word_level_tokenizer(words: Sequence[str], *, bos_token: str = "<bos>", unk_token: str | None = None) -> PreTrainedTokenizerFast:
+    """A whitespace-split word-level tokenizer: id 0 is BOS, then `unk_token` if given, then `words` in order."""
+    specials = [bos_token] + ([unk_token] if unk_token else [])
+    vocab = specials + [w for w in words if w not in specials]
+    if len(set(vocab)) != len(vocab):
+        raise ValueError("words contains duplicates; every word needs exactly one id.")
+    if any(not w or any(c.isspace() for c in w) for w in vocab):
+        raise ValueError("words must be non-empty and contain no whitespace (the tokenizer splits on whitespace).")
+    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(vocab)}, unk_token=unk_token))
+    tokenizer.pre_tokenizer = WhitespaceSplit()
+    tokenizer.add_special_tokens(specials)
+    return wrap_tokenizer(tokenizer, bos_token=bos_token, unk_token=unk_token)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_weights(path: str, mtime_ns: int, size: int) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, cached per (path, modification time, size)."""
+    return load_file(path)
+
+
+def _retrain_hint(name: str) -> str:
+    return (
+        f"Reinstall the course package (pip install --force-reinstall mi-course, or pip install -e . in a clone), "
+        f"or recreate the model with `python scripts/train_{name.replace('-', '_')}.py`."
+    )
+
+
+def load_from_directory(directory: Path, device: str = "cpu") -> HookedTransformer:
+    """Load the model saved by `mi_course.training.save_model` in `directory` (eval mode)."""
+    directory = Path(directory)
+    dev = _check_device(device)
+    name = directory.name
+    for file in ZOO_FILES:
+        if not (directory / file).is_file():
+            raise MissingWeightsError(f"Model {name!r}: {directory / file} is missing. {_retrain_hint(name)}")
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        cfg = HookedTransformerConfig(**config["model"], device=str(dev))
+        tokenizer = wrap_tokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")), **config["tokenizer"], name=name)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, Exception) as err:
+        raise CorruptWeightsError(
+            f"Model {name!r}: cannot read config.json / tokenizer.json in {directory} ({type(err).__name__}: {err}). "
+            f"{_retrain_hint(name)}"
+        ) from None
+    path = directory / "model.safetensors"
+    try:
+        stat = path.stat()
+        weights = _read_weights(str(path), stat.st_mtime_ns, stat.st_size)
+    except (SafetensorError, OSError) as err:
+        raise CorruptWeightsError(f"Model {name!r}: {path} is not a valid safetensors file ({err}). {_retrain_hint(name)}") from None
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    params = dict(model.named_parameters())
+    problems = [f"missing {key}" for key in params if key not in weights]
+    problems += [f"unexpected {key}" for key in weights if key not in params]
+    problems += [
+        f"{key} has shape {tuple(weights[key].shape)}, the config needs {tuple(p.shape)}"
+        for key, p in params.items()
+        if key in weights and weights[key].shape != p.shape
+    ]
+    if problems:
+        raise CorruptWeightsError(
+            f"Model {name!r}: {path} does not match config.json ({'; '.join(problems[:3])}). {_retrain_hint(name)}"
+        )
+    with torch.no_grad():
+        for key, p in params.items():
+            p.copy_(weights[key])
+    return model.to(dev).eval()
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(var, "").lower() in ("1", "true", "yes", "on") for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _offline_message(reason: str) -> str:
+    return (
+        f"'gpt2-small' is downloaded from the Hugging Face hub, and {reason}. "
+        f"The course's own models work offline: {', '.join(map(repr, OFFLINE_MODELS))} "
+        "(for example load_model('toy-lm') for the IOI, greater-than and agreement tasks). "
+        "To use GPT-2 small, run the notebook where the hub is reachable (e.g. Colab) "
+        "with HF_HUB_OFFLINE unset."
+    )
+
+
+def _load_gpt2(device: torch.device) -> HookedTransformer:
+    if _hub_offline():
+        raise ModelOfflineError(_offline_message("HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"))
+    try:
+        model = HookedTransformer.from_pretrained("gpt2", device=str(device))
+    except Exception as err:  # network errors come from requests, httpx or huggingface_hub
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ModelOfflineError(_offline_message(f"the hub could not be reached ({type(err).__name__}: {first_line})")) from None
+    return model.eval()
+
+
+def load_model(name: str, device: str = "cpu") -> HookedTransformer:
+    """A fresh eval-mode HookedTransformer of the zoo, with its tokenizer (BOS prepended)."""
+    _check_name(name)
+    dev = _check_device(device)
+    if name == "gpt2-small":
+        return _load_gpt2(dev)
+    if name == "handwired-induction":
+        from mi_course.handwired import build_handwired
+
+        return build_handwired().to(dev).eval()
+    return load_from_directory(ZOO / name, device)
+
+
+def ground_truth(name: str) -> Circuit:
+    """The exact circuit of a zoo model; only known for the hand-set ``"handwired-induction"``."""
+    _check_name(name)
+    if name != "handwired-induction":
+        raise GroundTruthUnknownError(
+            f"No ground-truth circuit for {name!r}: only 'handwired-induction' has weights set by hand, "
+            "so only its circuit is known exactly. For trained models, find a circuit with edge patching "
+            "and check its faithfulness."
+        )
+    from mi_course.handwired import ground_truth as handwired_ground_truth
+
+    return handwired_ground_truth()
