@@ -6,6 +6,7 @@ import sys
 
 COMMANDS = {
     "build": "write notebooks/ from solutions/ (--check: fail if stale; --execute: run solutions first)",
+    "grade": "grade submitted notebooks under nbval: gradebook.csv and feedback per student",
 }
 
 
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         from mi_course.build import main as build_main
 
         return build_main(rest)
+    if command == "grade":
+        from mi_course.grade import main as grade_main
+
+        return grade_main(rest)
     raise AssertionError(command)  # every name in COMMANDS is handled above
 
 

@@ -84,7 +84,7 @@ class ModelOfflineError(RuntimeError):
 def _check_name(name: str) -> None:
     if name in MODEL_NAMES:
         return
-    close = difflib.get_close_matches(str(name), MODEL_NAMES, n=1)
+    close = difflib.get_close_matches(str(name), MODEL_NAMES, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise UnknownModelError(f"Unknown model {name!r}.{hint} The models are: {', '.join(map(repr, MODEL_NAMES))}.")
 
@@ -166,6 +166,8 @@ def load_from_directory(directory: Path, device: str = "cpu") -> HookedTransform
     directory = Path(directory)
     dev = _check_device(device)
     name = directory.name
+    if not directory.is_dir():
+        raise MissingWeightsError(f"Model {name!r}: the folder {directory} is missing. {_retrain_hint(name)}")
     for file in ZOO_FILES:
         if not (directory / file).is_file():
             raise MissingWeightsError(f"Model {name!r}: {directory / file} is missing. {_retrain_hint(name)}")
@@ -173,7 +175,7 @@ def load_from_directory(directory: Path, device: str = "cpu") -> HookedTransform
         config = json.loads((directory / "config.json").read_text())
         cfg = HookedTransformerConfig(**config["model"], device=str(dev))
         tokenizer = wrap_tokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")), **config["tokenizer"], name=name)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, Exception) as err:
+    except Exception as err:  # json, the config class and `tokenizers` raise assorted types
         raise CorruptWeightsError(
             f"Model {name!r}: cannot read config.json / tokenizer.json in {directory} ({type(err).__name__}: {err}). "
             f"{_retrain_hint(name)}"
@@ -200,7 +202,7 @@ def load_from_directory(directory: Path, device: str = "cpu") -> HookedTransform
     with torch.no_grad():
         for key, p in params.items():
             p.copy_(weights[key])
-    return model.to(dev).eval()
+    return model.to(dev, print_details=False).eval()
 
 
 def _hub_offline() -> bool:
@@ -237,7 +239,7 @@ def load_model(name: str, device: str = "cpu") -> HookedTransformer:
     if name == "handwired-induction":
         from mi_course.handwired import build_handwired
 
-        return build_handwired().to(dev).eval()
+        return build_handwired().to(dev, print_details=False).eval()
     return load_from_directory(ZOO / name, device)
 
 

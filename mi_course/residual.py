@@ -4,8 +4,8 @@ Every attention head and MLP of a transformer reads the residual stream and adds
 output to it (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits").
 The final residual is therefore a sum of parts: token and position embeddings, one term
 per head, one attention bias per layer and one MLP output per layer. The final layer norm
-is not linear, but with its scale frozen at the value the cache recorded it is, so each
-part's direct effect on a logit difference can be read off by a dot product. That is a
+is not linear, but it becomes linear once its scale is frozen at the value the cache
+recorded, and then each part's direct effect on a logit difference is a dot product. That is a
 *direct* effect only: it ignores what a part does through later layers and is not causal
 evidence (patching and ablation are).
 
@@ -14,6 +14,8 @@ selects the position read: an int, or one index per prompt when prompts differ i
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float, Int
@@ -24,13 +26,16 @@ __all__ = [
     "accumulated_logit_diff",
     "accumulated_resid",
     "apply_final_ln_scale",
+    "at_pos",
     "decompose_resid",
     "direct_logit_attribution",
     "head_dla",
     "head_outputs",
+    "layer_components",
     "logit_diff",
     "logit_diff_directions",
     "logit_diff_offset",
+    "remove_part_hook",
     "top_components",
 ]
 
@@ -48,6 +53,23 @@ def head_outputs(model: HookedTransformer, cache: ActivationCache, layer: int) -
     """What each head of ``layer`` adds to the residual stream (without the shared bias b_O)."""
     z = cache[f"blocks.{layer}.attn.hook_z"]
     return torch.einsum("bphd,hdm->bphm", z, model.W_O[layer])
+
+
+def layer_components(
+    model: HookedTransformer, cache: ActivationCache
+) -> tuple[Float[Tensor, "component batch pos d_model"], list[str]]:
+    """The final residual at every position as embeddings plus each layer's attention and MLP output."""
+    names, labels = ["hook_embed"], ["embed"]
+    if "hook_pos_embed" in cache.cache_dict:
+        names.append("hook_pos_embed")
+        labels.append("pos_embed")
+    for layer in range(model.cfg.n_layers):
+        names.append(f"blocks.{layer}.hook_attn_out")
+        labels.append(f"L{layer} attn")
+        if not model.cfg.attn_only:
+            names.append(f"blocks.{layer}.hook_mlp_out")
+            labels.append(f"L{layer} MLP")
+    return torch.stack([cache[name] for name in names]), labels
 
 
 def decompose_resid(
@@ -109,7 +131,7 @@ def logit_diff_directions(
     Includes the final layer norm's weight when the model has one (not folded into W_U).
     """
     directions = (model.W_U[:, answers] - model.W_U[:, wrong_answers]).T
-    weight = getattr(model.ln_final, "w", None)
+    weight = getattr(getattr(model, "ln_final", None), "w", None)
     return directions * weight if weight is not None else directions
 
 
@@ -118,7 +140,7 @@ def logit_diff_offset(
 ) -> Float[Tensor, "batch"]:
     """The part of the logit difference no residual part moves: the biases of ln_final and W_U."""
     offset = model.b_U[answers] - model.b_U[wrong_answers]
-    bias = getattr(model.ln_final, "b", None)
+    bias = getattr(getattr(model, "ln_final", None), "b", None)
     if bias is not None:
         offset = offset + (model.W_U[:, answers] - model.W_U[:, wrong_answers]).T @ bias
     return offset
@@ -182,6 +204,17 @@ def accumulated_logit_diff(
     scaled = apply_final_ln_scale(model, resid, cache, pos)
     dla = (scaled * logit_diff_directions(model, answers, wrong_answers)).sum(-1)
     return dla + logit_diff_offset(model, answers, wrong_answers), labels
+
+
+def remove_part_hook(part: Float[Tensor, "batch d_model"], pos: int = -1) -> Callable[..., Tensor]:
+    """A hook that subtracts ``part`` at position ``pos`` of a ``[batch, pos, d_model]`` activation."""
+
+    def hook(resid: Float[Tensor, "batch pos d_model"], hook=None) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid.clone()
+        resid[:, pos] -= part
+        return resid
+
+    return hook
 
 
 def top_components(

@@ -161,5 +161,6 @@ def save_model(model: HookedTransformer, tokenizer: PreTrainedTokenizerFast, dir
     # Parameters only: the buffers (causal mask, IGNORE) are rebuilt from the config.
     state = {name: p.detach().to("cpu", torch.float32).contiguous() for name, p in model.named_parameters()}
     save_file(state, directory / "model.safetensors")
+    (directory / "model.safetensors").chmod(0o644)  # safetensors creates it readable by the owner only
     tokenizer.backend_tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "MODEL_CARD.md").write_text(card if card.endswith("\n") else card + "\n")

@@ -1,0 +1,59 @@
+"""Time `mi-course grade` on N copies of one solved notebook.
+
+    python benchmarks/grade_bench.py                  # 30 copies of notebook 00 (or the fixture if absent)
+    python benchmarks/grade_bench.py --quick          # 3 copies of the fixture notebook (for CI)
+    python benchmarks/grade_bench.py --notebook 01_residual_stream --copies 10 --jobs 2
+
+Every copy is a solved notebook, so every copy must get full marks; the script exits 1 if not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "grading"))
+from grading_fixture import ROOT, SOLUTION, fixture_course, real_course  # noqa: E402
+
+from mi_course import grade  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--copies", type=int, default=30)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--notebook", default="00_mechanistic", help="course notebook to grade (falls back to the fixture if absent)")
+    parser.add_argument("--quick", action="store_true", help="3 copies of the fixture notebook")
+    args = parser.parse_args()
+    solution = ROOT / "solutions" / f"{args.notebook}.ipynb"
+    if args.quick or not solution.exists():
+        args.copies = 3 if args.quick else args.copies
+        solution = SOLUTION
+    with tempfile.TemporaryDirectory(prefix="grade-bench-") as tmp:
+        tmp = Path(tmp)
+        make = fixture_course if solution == SOLUTION else lambda dest: real_course(dest, args.notebook)
+        course = grade.load_course(make(tmp / "course"))
+        (tmp / "in").mkdir()
+        for i in range(args.copies):
+            shutil.copy(solution, tmp / "in" / f"student{i:03d}.ipynb")
+        start = time.perf_counter()
+        results = grade.grade(tmp / "in", tmp / "out", course, grade.Options(), jobs=args.jobs)
+        elapsed = time.perf_counter() - start
+    full = sum(e.points for e in course.notebooks[solution.stem].exercises)
+    wrong = [r.student for r in results if sum(r.points.values()) != full or r.status != ["ok"]]
+    print(
+        f"graded {args.copies} copies of {solution.stem} with --jobs {args.jobs}: {elapsed:.1f} s "
+        f"({elapsed / args.copies:.2f} s per notebook; {elapsed * args.jobs / args.copies:.2f} s of a worker each)"
+    )
+    if wrong:
+        print(f"not full marks: {', '.join(wrong)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

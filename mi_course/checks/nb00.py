@@ -1,0 +1,333 @@
+"""Checks of notebook 00_mechanistic: what does "mechanistic" mean?"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Mapping
+
+import torch
+
+from mi_course.checks.core import CheckFailed, check_function, fresh_seed, passed
+from mi_course.patching import ablate_head_hook, normalised_effect
+
+__all__ = [
+    "DEFINITIONS",
+    "check_ablate_head_hook",
+    "check_classification",
+    "check_k_composition_scores",
+    "check_normalised_effect",
+    "k_composition_scores",
+]
+
+# ---------------------------------------------------------------- 00.1 four definitions
+
+DEFINITIONS = {
+    "NT": "narrow technical",
+    "BT": "broad technical",
+    "NC": "narrow cultural",
+    "BC": "broad cultural",
+}
+
+# Which definitions call each study of the notebook "mechanistic", and why.
+STUDIES: dict[str, tuple[frozenset[str], str]] = {
+    "A": (
+        frozenset({"NT", "BT", "NC", "BC"}),
+        "removing heads and watching in-context copying break is an intervention on internal "
+        "components, so it is causal evidence about a mechanism (narrow technical, hence also broad "
+        "technical); its authors belong to the MI community (narrow cultural); it is interpretability "
+        "research (broad cultural).",
+    ),
+    "B": (
+        frozenset({"BT", "BC"}),
+        "a probe reads information out of activations, which inspects internals (broad technical), "
+        "but a probe only shows the information is decodable, not that the model uses it: no "
+        "intervention, so not narrow technical. An ACL group is the NLP-interpretability community, "
+        "not the MI one (not narrow cultural). All interpretability research is broad cultural.",
+    ),
+    "C": (
+        frozenset({"BT", "NC", "BC"}),
+        "plotting attention patterns inspects activations (broad technical), but a pattern is a "
+        "correlation: without an intervention it is not narrow technical. A MATS scholar posting on "
+        "the Alignment Forum is the MI community (narrow cultural), and it is interpretability (broad "
+        "cultural).",
+    ),
+    "D": (
+        frozenset({"BC"}),
+        "minimal pairs scored by output probabilities are behavioural tests: no internals are "
+        "examined, so neither technical definition applies. The authors are NLP researchers (not "
+        "narrow cultural), but it is interpretability research, which the broad cultural definition "
+        "covers.",
+    ),
+    "E": (
+        frozenset({"NT", "BT", "BC"}),
+        "setting neurons and attention weights to their values on a counterfactual input and measuring the "
+        "output is a causal intervention on internals (narrow technical, hence broad technical), "
+        "years before the label was common. Its authors come from NLP interpretability, not the MI "
+        "community (not narrow cultural); it is interpretability (broad cultural).",
+    ),
+    "F": (
+        frozenset({"NC", "BC"}),
+        "deleting prompt words and watching the output is input attribution: the model's internals "
+        "are never examined, so neither technical definition applies, although the author is from "
+        "the MI community (narrow cultural) and the work is interpretability (broad cultural).",
+    ),
+    "G": (
+        frozenset(),
+        "training a model and reporting benchmark scores is not interpretability at all, so none of "
+        "the four definitions applies (an empty set).",
+    ),
+}
+
+
+def _normalise_labels(study: str, labels) -> frozenset[str]:
+    if isinstance(labels, str) or not hasattr(labels, "__iter__"):
+        raise CheckFailed(
+            "00.1", f"study {study}: give a set of codes such as {{'BT', 'BC'}} (or set() for none), not {labels!r}."
+        )
+    codes = frozenset(str(label).strip().upper() for label in labels)
+    unknown = sorted(codes - set(DEFINITIONS))
+    if unknown:
+        raise CheckFailed("00.1", f"study {study}: unknown code(s) {unknown}; use only {sorted(DEFINITIONS)}.")
+    return codes
+
+
+def check_classification(answers: Mapping[str, set[str]] | None) -> None:
+    """Check the four-definitions classification of the notebook's studies A to G."""
+    if answers is None:
+        raise CheckFailed("00.1", "no answer yet: fill in the exercise cell above.")
+    if not isinstance(answers, Mapping):
+        raise CheckFailed("00.1", f"expected a dict from study letter to a set of codes, got {type(answers).__name__}.")
+    missing = sorted(set(STUDIES) - set(answers))
+    if missing:
+        raise CheckFailed("00.1", f"classify every study: {', '.join(missing)} missing from your dict.")
+    wrong = []
+    for study, (expected, _) in STUDIES.items():
+        if _normalise_labels(study, answers[study]) != expected:
+            wrong.append(study)
+    if wrong:
+        study = wrong[0]
+        expected, why = STUDIES[study]
+        got = _normalise_labels(study, answers[study])
+        parts = []
+        if expected - got:
+            parts.append(f"it also counts as {', '.join(DEFINITIONS[c] for c in sorted(expected - got))}")
+        if got - expected:
+            parts.append(f"it does not count as {', '.join(DEFINITIONS[c] for c in sorted(got - expected))}")
+        others = f" (also not right yet: {', '.join(wrong[1:])})" if len(wrong) > 1 else ""
+        raise CheckFailed("00.1", f"study {study}: {'; '.join(parts)}. Why: {why}{others}")
+    passed("00.1", f"all {len(STUDIES)} studies classified consistently with Saphra & Wiegreffe's four definitions.")
+
+
+# ---------------------------------------------------------------- 00.2 K-composition
+
+
+def k_composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor) -> torch.Tensor:
+    """K-composition score of every (earlier head, later head) pair (Elhage et al. 2021).
+
+    ``W_V``, ``W_O``: the earlier layer's ``[n_heads, d_model, d_head]`` and
+    ``[n_heads, d_head, d_model]``; ``W_Q``, ``W_K``: the later layer's. The score of a pair is
+    ``|W_OV @ W_QK.T|_F / (|W_OV|_F |W_QK|_F)`` with ``W_OV = W_V @ W_O`` and ``W_QK = W_Q @ W_K.T``.
+    Returns ``[n_heads_earlier, n_heads_later]``.
+    """
+    ov = W_V @ W_O
+    qk = W_Q @ W_K.transpose(-1, -2)
+    product = ov[:, None] @ qk[None].transpose(-1, -2)
+    norms = ov.norm(dim=(-2, -1))[:, None] * qk.norm(dim=(-2, -1))[None, :]
+    return product.norm(dim=(-2, -1)) / norms
+
+
+def _q_composition(W_V, W_O, W_Q, W_K):
+    ov, qk = W_V @ W_O, W_Q @ W_K.transpose(-1, -2)
+    return (ov[:, None] @ qk[None]).norm(dim=(-2, -1)) / (ov.norm(dim=(-2, -1))[:, None] * qk.norm(dim=(-2, -1))[None])
+
+
+def _k_composition_unnormalised(W_V, W_O, W_Q, W_K):
+    ov, qk = W_V @ W_O, W_Q @ W_K.transpose(-1, -2)
+    return (ov[:, None] @ qk[None].transpose(-1, -2)).norm(dim=(-2, -1))
+
+
+def _k_composition_one_norm(W_V, W_O, W_Q, W_K):
+    ov = W_V @ W_O
+    return _k_composition_unnormalised(W_V, W_O, W_Q, W_K) / ov.norm(dim=(-2, -1))[:, None]
+
+
+def _composition_cases(example: Mapping[str, torch.Tensor] | None, n: int = 2) -> list[dict[str, torch.Tensor]]:
+    cases = [dict(example)] if example is not None else []
+    for _ in range(n):
+        g = torch.Generator().manual_seed(fresh_seed())
+        d_model, d_head, h0, h1 = 8, 3, 2, 3  # h0 != h1, so a transposed answer shows up as a shape error
+        cases.append(
+            dict(
+                W_V=torch.randn(h0, d_model, d_head, generator=g),
+                W_O=torch.randn(h0, d_head, d_model, generator=g),
+                W_Q=torch.randn(h1, d_model, d_head, generator=g),
+                W_K=torch.randn(h1, d_model, d_head, generator=g),
+            )
+        )
+    return cases
+
+
+def check_k_composition_scores(learner: Callable, example: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Check ``k_composition_scores(W_V, W_O, W_Q, W_K)`` on the notebook's weights and random ones."""
+    check_function(
+        "00.2",
+        learner,
+        k_composition_scores,
+        _composition_cases(example),
+        mistakes={
+            "that is the Q-composition score: the earlier head's output reaches the later head's keys, so "
+            "multiply W_OV by W_QK transposed (W_OV @ W_QK.T), not by W_QK.": _q_composition,
+            "the score is not normalised: divide by the Frobenius norms of both W_OV and W_QK, so that "
+            "scores lie in [0, 1] and heads with big weights do not win by size alone.": _k_composition_unnormalised,
+            "divide by the norms of both matrices, W_OV's and W_QK's, not only W_OV's.": _k_composition_one_norm,
+        },
+        hint="your scores differ from |W_OV @ W_QK.T|_F / (|W_OV|_F |W_QK|_F) with W_OV = W_V @ W_O and W_QK = W_Q @ W_K.T.",
+        success="K-composition scores match",
+    )
+
+
+# ---------------------------------------------------------------- 00.3 ablation hook
+
+_HOOK = types.SimpleNamespace(name="blocks.1.attn.hook_z", layer=lambda: 1)
+
+
+def _run_hook(factory: Callable, z: torch.Tensor, head: int, mode: str) -> torch.Tensor:
+    """Build the hook with ``factory(head, mode)`` and apply it to a copy of ``z``."""
+    hook_fn = factory(head, mode)
+    if not callable(hook_fn):
+        raise CheckFailed(
+            "00.3",
+            f"ablate_head_hook(head, mode) must return a hook function (define `hook_fn(activation, hook)` "
+            f"inside it and `return hook_fn`), not {type(hook_fn).__name__}.",
+        )
+    out = hook_fn(z.clone(), _HOOK)
+    if out is None:
+        raise CheckFailed(
+            "00.3",
+            "your hook function returns None: return the edited activation (`return activation`), "
+            "so that the ablation is what flows on through the model.",
+        )
+    return out
+
+
+def _mistake(edit: Callable[[torch.Tensor, torch.Tensor, int, str], None]) -> Callable:
+    """A wrong hook that makes the edit ``edit(out, z, head, mode)`` on a copy."""
+
+    def wrong(z: torch.Tensor, head: int, mode: str) -> torch.Tensor:
+        out = z.clone()
+        edit(out, z, head, mode)
+        return out
+
+    return wrong
+
+
+def _every_head(out, z, head, mode):
+    out[:] = 0.0 if mode == "zero" else z.mean(dim=0, keepdim=True)
+
+
+def _position_axis(out, z, head, mode):
+    out[:, head] = 0.0 if mode == "zero" else z[:, head].mean(dim=0, keepdim=True)
+
+
+def _always_zero(out, z, head, mode):
+    out[:, :, head] = 0.0
+
+
+def _always_mean(out, z, head, mode):
+    out[:, :, head] = z[:, :, head].mean(dim=0, keepdim=True)
+
+
+def _mean_over_positions(out, z, head, mode):
+    out[:, :, head] = 0.0 if mode == "zero" else z[:, :, head].mean(dim=(0, 1), keepdim=True)
+
+
+def _mean_over_d_head(out, z, head, mode):
+    out[:, :, head] = 0.0 if mode == "zero" else z[:, :, head].mean(dim=-1, keepdim=True)
+
+
+def _mean_over_heads(out, z, head, mode):
+    out[:, :, head] = 0.0 if mode == "zero" else z.mean(dim=2)
+
+
+HOOK_MISTAKES = {
+    "you ablated every head of the layer: change only index `head` of the head axis (axis 2 of "
+    "[batch, pos, head_index, d_head]) and leave the other heads as they were.": _every_head,
+    "you indexed axis 1, which is the position axis: heads are axis 2 of [batch, pos, head_index, "
+    "d_head], so write activation[:, :, head].": _position_axis,
+    "with mode='mean' you wrote zeros: mean ablation replaces the head's output by its average over "
+    "the batch, which keeps it on the distribution the later layers expect.": _always_zero,
+    "with mode='zero' you still wrote the mean: look at `mode` and write zeros in that case.": _always_mean,
+    "you averaged over positions as well: average over the batch only (dim=0), keeping one mean per "
+    "position, because what a head writes depends on the position.": _mean_over_positions,
+    "you averaged over d_head (the last axis): average over the batch (dim=0) so that each component "
+    "of the head's output keeps its own mean.": _mean_over_d_head,
+    "you averaged over the heads: the replacement must be the same head's own output, averaged over "
+    "the batch (dim=0).": _mean_over_heads,
+}
+
+
+def _reference_hook(z: torch.Tensor, head: int, mode: str) -> torch.Tensor:
+    return ablate_head_hook(head, mode)(z.clone(), _HOOK)
+
+
+def _hook_cases(example: Mapping | None) -> list[dict]:
+    cases = [dict(example)] if example is not None else []
+    for mode in ("mean", "zero", "mean"):
+        g = torch.Generator().manual_seed(fresh_seed())
+        n_heads = int(torch.randint(2, 6, (1,), generator=g))
+        z = torch.randn(int(torch.randint(3, 7, (1,), generator=g)), 5, n_heads, 4, generator=g)
+        cases.append(dict(z=z, head=int(torch.randint(0, n_heads, (1,), generator=g)), mode=mode))
+    return cases
+
+
+def check_ablate_head_hook(learner: Callable, example: Mapping | None = None) -> None:
+    """Check ``ablate_head_hook(head, mode)``: the hook it returns, applied to ``hook_z``-shaped tensors."""
+    if not callable(learner):
+        raise CheckFailed("00.3", f"expected a function, got {type(learner).__name__}.")
+    check_function(
+        "00.3",
+        lambda z, head, mode: _run_hook(learner, z, head, mode),
+        _reference_hook,
+        _hook_cases(example),
+        mistakes={hint: _mistake(edit) for hint, edit in HOOK_MISTAKES.items()},
+        hint="your ablated activation differs from the reference: only head `head` changes, to its batch "
+        "mean at each position (mode='mean') or to zero (mode='zero').",
+        success="the hook ablates exactly one head, by mean or by zero",
+    )
+
+
+# ---------------------------------------------------------------- 00.4 normalised effect
+
+
+def _effect_cases(example: Mapping | None) -> list[dict]:
+    cases = [dict(example)] if example is not None else []
+    g = torch.Generator().manual_seed(fresh_seed())
+    low, high = sorted(torch.rand(2, generator=g).tolist())
+    middle = low + (high - low) * float(torch.rand(1, generator=g))
+    cases.append(dict(clean=low, intervened=middle, baseline=5 * high))  # a loss: lower is better
+    cases.append(dict(clean=10 * high, intervened=5 * middle, baseline=-low))  # a logit difference
+    return cases
+
+
+def check_normalised_effect(learner: Callable, example: Mapping | None = None) -> None:
+    """Check ``normalised_effect(clean, intervened, baseline)`` on losses and logit differences."""
+    check_function(
+        "00.4",
+        learner,
+        normalised_effect,
+        _effect_cases(example),
+        mistakes={
+            "your effect has the wrong sign: measure the move from clean towards the baseline, "
+            "(clean - intervened) / (clean - baseline), so a harmful ablation gives a positive effect.": lambda clean,
+            intervened,
+            baseline: (intervened - clean) / (clean - baseline),
+            "you did not normalise: divide the change by the whole clean-to-baseline gap (clean - baseline), "
+            "so that 1 means 'all of the behaviour is gone'.": lambda clean, intervened, baseline: clean - intervened,
+            "that is the fraction of the behaviour that survives the intervention (1 - effect); the effect is "
+            "the fraction that is lost.": lambda clean, intervened, baseline: (intervened - baseline) / (clean - baseline),
+            "you divided by the clean value (a relative change); divide by the clean-to-baseline gap "
+            "instead.": lambda clean, intervened, baseline: (clean - intervened) / clean,
+        },
+        hint="expected (clean - intervened) / (clean - baseline).",
+        success="normalised effects match, for a loss and for a logit difference",
+    )

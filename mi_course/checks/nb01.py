@@ -1,0 +1,308 @@
+"""Checks of notebook 01 (the residual stream and direct logit attribution).
+
+Each check runs the learner's function on the notebook's example and on a fresh tiny model
+whose every parameter (biases included) is random, so that forgetting a bias or the layer
+norm's scale changes the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
+
+from mi_course import residual
+from mi_course.checks.core import CheckFailed, check_function, close, fresh_seed
+
+__all__ = [
+    "check_head_dla",
+    "check_head_output",
+    "check_logit_diff_by_layer",
+    "check_remove_part_hook",
+    "check_residual_parts",
+    "check_top_heads",
+    "random_model",
+]
+
+
+def random_model(seed: int, *, attn_only: bool = False, fold: bool = True) -> HookedTransformer:
+    """A tiny 2-layer model with LayerNorm whose every parameter is random (eval mode).
+
+    ``fold`` folds the layer norms' weights into the next weights and centres the writing
+    weights, as the notebook does, so that the final layer norm only divides by its scale.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=None if attn_only else 64, n_ctx=16,
+        d_vocab=50, act_fn="gelu", normalization_type="LN", attn_only=attn_only, seed=seed,
+    )
+    model = HookedTransformer(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1 + 0.2 * noise if name.endswith(".w") else 0.3 * noise)
+    if fold:
+        model.process_weights_()
+    return model.eval()
+
+
+def _random_task(seed: int) -> dict[str, Any]:
+    """A random folded model, its cache on random tokens, and random answer pairs."""
+    model = random_model(seed)
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, model.cfg.d_vocab, (4, 10), generator=gen)
+    answers = torch.randint(0, model.cfg.d_vocab, (4,), generator=gen)
+    wrong = (answers + torch.randint(1, model.cfg.d_vocab, (4,), generator=gen)) % model.cfg.d_vocab
+    _, cache = model.run_with_cache(tokens)
+    return dict(model=model, tokens=tokens, cache=cache, answers=answers, wrong_answers=wrong, gen=gen)
+
+
+def _check(exercise: str, learner: Callable, reference: Callable, cases: list[dict], *, mistakes: dict, **kwargs) -> None:
+    """``check_function``, but a mistake that changes the shape still earns its own hint."""
+    if callable(learner):
+        for case in cases:
+            try:
+                got = learner(**case)
+            except Exception:
+                break  # check_function reports it
+            if isinstance(got, Tensor) and got.shape != reference(**case).shape:
+                for hint, wrong in mistakes.items():
+                    if close(got, wrong(**case)):
+                        raise CheckFailed(exercise, hint)
+    check_function(exercise, learner, reference, cases, mistakes=mistakes, **kwargs)
+
+
+# 01.1 ---------------------------------------------------------------------------------
+
+
+def check_residual_parts(learner: Callable, model: HookedTransformer, cache: ActivationCache) -> None:
+    """``residual_parts(model, cache)``: embeddings, then each layer's attention and MLP output."""
+    task = _random_task(fresh_seed())
+    cases = [dict(model=model, cache=cache), dict(model=task["model"], cache=task["cache"])]
+
+    def no_pos(model, cache):
+        return residual.layer_components(model, cache)[0][[0] + list(range(2, 2 + 2 * model.cfg.n_layers))]
+
+    def cumulative(model, cache):
+        post = [cache[f"blocks.{layer}.hook_{kind}"] for layer in range(model.cfg.n_layers) for kind in ("resid_mid", "resid_post")]
+        return torch.stack([cache["hook_embed"], cache["hook_pos_embed"], *post])
+
+    def attn_only(model, cache):
+        return torch.stack([cache["hook_embed"], cache["hook_pos_embed"]] + [cache[f"blocks.{l}.hook_attn_out"] for l in range(model.cfg.n_layers)])
+
+    _check(
+        "01.1",
+        learner,
+        lambda model, cache: residual.layer_components(model, cache)[0],
+        cases,
+        mistakes={
+            "you left out the position embeddings (cache['hook_pos_embed']): the stream starts as token plus position embedding.": no_pos,
+            "you stacked the running sums (hook_resid_mid / hook_resid_post), not what each layer adds: use hook_attn_out and hook_mlp_out.": cumulative,
+            "you left out the MLPs: each layer adds its attention output and then its MLP output (hook_mlp_out).": attn_only,
+        },
+        hint="compare your stack with the order asked for: embed, pos_embed, then per layer attention output and MLP output.",
+        success="the parts sum to the final residual",
+    )
+
+
+# 01.2 ---------------------------------------------------------------------------------
+
+
+def check_head_output(learner: Callable, model: HookedTransformer, cache: ActivationCache) -> None:
+    """``head_output(model, cache, layer, head)``: one head's write into the residual stream."""
+    task = _random_task(fresh_seed())
+    gen = task["gen"]
+    layer, head = (int(torch.randint(0, n, (1,), generator=gen)) for n in (2, 4))
+    cases = [
+        dict(model=model, cache=cache, layer=model.cfg.n_layers - 1, head=0),
+        dict(model=task["model"], cache=task["cache"], layer=layer, head=head),
+    ]
+
+    def with_bias(model, cache, layer, head):
+        return residual.head_outputs(model, cache, layer)[:, :, head] + model.b_O[layer]
+
+    def from_values(model, cache, layer, head):
+        return cache[f"blocks.{layer}.attn.hook_v"][:, :, head] @ model.W_O[layer, head]
+
+    check_function(
+        "01.2",
+        learner,
+        lambda model, cache, layer, head: residual.head_outputs(model, cache, layer)[:, :, head],
+        cases,
+        mistakes={
+            "you added the bias b_O: it belongs to the whole attention layer, not to one head, so leave it out here.": with_bias,
+            "you used the values (hook_v) before the attention pattern mixes them; use hook_z, the pattern-weighted values.": from_values,
+        },
+        hint="a head writes z[:, :, head] @ W_O[layer, head]; check the hook name and the head axis.",
+        success="your head outputs match",
+    )
+
+
+# 01.3 ---------------------------------------------------------------------------------
+
+
+def _dla(model, cache, answers, wrong_answers, layer, head, *, scale=True, wrong=True, sign=1.0):
+    out = residual.head_outputs(model, cache, layer)[:, -1, head]
+    if scale:
+        out = out / cache["ln_final.hook_scale"][:, -1]
+    direction = model.W_U[:, answers] - (model.W_U[:, wrong_answers] if wrong else 0)
+    return sign * (out * direction.T).sum(-1)
+
+
+def check_head_dla(
+    learner: Callable,
+    model: HookedTransformer,
+    cache: ActivationCache,
+    answers: Int[Tensor, "batch"],
+    wrong_answers: Int[Tensor, "batch"],
+) -> None:
+    """``head_dla(model, cache, answers, wrong_answers, layer, head)``: per-prompt DLA of one head."""
+    task = _random_task(fresh_seed())
+    gen = task.pop("gen")
+    task.pop("tokens")
+    layer, head = (int(torch.randint(0, n, (1,), generator=gen)) for n in (2, 4))
+    top = residual.top_components(residual.head_dla(model, cache, answers, wrong_answers).mean(-1), 1)[0]
+    cases = [
+        dict(model=model, cache=cache, answers=answers, wrong_answers=wrong_answers, layer=top[0], head=top[1]),
+        dict(task, layer=layer, head=head),
+    ]
+    check_function(
+        "01.3",
+        learner,
+        lambda **case: residual.head_dla(case["model"], case["cache"], case["answers"], case["wrong_answers"])[case["layer"], case["head"]],
+        cases,
+        mistakes={
+            "you forgot the final layer norm's scale: divide the head's output by cache['ln_final.hook_scale'] at the last position.": lambda **c: _dla(**c, scale=False),
+            "you projected on W_U[:, answers] alone: the direction is W_U[:, answers] - W_U[:, wrong_answers].": lambda **c: _dla(**c, wrong=False),
+            "the sign is flipped: use answer minus wrong answer, not the other way round.": lambda **c: _dla(**c, sign=-1.0),
+        },
+        hint="DLA = (head output at the last position / frozen final scale) · (W_U[:, answer] - W_U[:, wrong answer]), one number per prompt.",
+        success="your direct logit attribution matches",
+    )
+
+
+# 01.4 ---------------------------------------------------------------------------------
+
+
+def check_top_heads(learner: Callable, dla_grid: Float[Tensor, "layer head"]) -> None:
+    """``top_heads(dla_grid, k)``: the k (layer, head) pairs with the largest |DLA|, largest first."""
+    gen = torch.Generator().manual_seed(fresh_seed())
+    shape = (int(torch.randint(2, 6, (1,), generator=gen)), int(torch.randint(3, 9, (1,), generator=gen)))
+    cases = [dict(dla_grid=dla_grid, k=3), dict(dla_grid=torch.randn(shape, generator=gen), k=4)]
+
+    def signed(dla_grid, k):
+        flat = dla_grid.flatten().topk(k).indices
+        return [(int(i) // dla_grid.shape[1], int(i) % dla_grid.shape[1]) for i in flat]
+
+    def swapped(dla_grid, k):
+        return [(h, l) for l, h in residual.top_components(dla_grid, k)]
+
+    def smallest(dla_grid, k):
+        flat = dla_grid.abs().flatten().topk(k, largest=False).indices
+        return [(int(i) // dla_grid.shape[1], int(i) % dla_grid.shape[1]) for i in flat]
+
+    check_function(
+        "01.4",
+        learner,
+        lambda dla_grid, k: residual.top_components(dla_grid, k),
+        cases,
+        mistakes={
+            "rank by absolute value: a head that pushes hard towards the wrong answer (negative DLA) matters as much.": signed,
+            "return (layer, head) pairs: the grid's rows are layers, its columns heads.": swapped,
+            "you returned the smallest |DLA| first; sort descending.": smallest,
+        },
+        hint="return a list of k (layer, head) tuples of ints, ordered by |DLA|, largest first.",
+        success="you found the top heads",
+    )
+
+
+# 01.5 ---------------------------------------------------------------------------------
+
+
+def _logits_with(factory: Callable, model, tokens, part, pos) -> Tensor:
+    hook = factory(part, pos)
+    if not callable(hook):
+        raise CheckFailed("01.5", f"remove_part_hook must return a hook function, got {type(hook).__name__}.")
+    name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    return model.run_with_hooks(tokens, fwd_hooks=[(name, hook)])
+
+
+def check_remove_part_hook(learner: Callable, model: HookedTransformer, tokens: Int[Tensor, "batch pos"], part: Float[Tensor, "batch d_model"]) -> None:
+    """``remove_part_hook(part, pos)`` returns a hook that subtracts ``part`` at position ``pos``."""
+    task = _random_task(fresh_seed())
+    gen = task["gen"]
+    pos = int(torch.randint(0, task["tokens"].shape[1], (1,), generator=gen))
+    cases = [
+        dict(model=model, tokens=tokens, part=part, pos=-1),
+        dict(model=task["model"], tokens=task["tokens"], part=torch.randn(4, 32, generator=gen), pos=pos),
+    ]
+
+    def everywhere(part, pos):
+        return lambda resid, hook: resid - part[:, None]
+
+    def added(part, pos):
+        return residual.remove_part_hook(-part, pos)
+
+    def unchanged(part, pos):
+        return lambda resid, hook: None
+
+    if not callable(learner):
+        raise CheckFailed("01.5", f"expected a function, got {type(learner).__name__}.")
+    check_function(
+        "01.5",
+        lambda **c: _logits_with(learner, **c),
+        lambda **c: _logits_with(residual.remove_part_hook, **c),
+        cases,
+        mistakes={
+            "you subtracted the part at every position; subtract it only at resid[:, pos].": lambda **c: _logits_with(everywhere, **c),
+            "you added the part instead of subtracting it.": lambda **c: _logits_with(added, **c),
+            "your hook left the activation unchanged: return the edited tensor (a hook that edits a copy must return it).": lambda **c: _logits_with(unchanged, **c),
+        },
+        hint="the hook should return the activation with `part` subtracted at position `pos` only.",
+        success="your hook edits the residual stream as asked",
+    )
+
+
+# 01.6 ---------------------------------------------------------------------------------
+
+
+def _by_layer(model, cache, answers, wrong_answers, *, scale="frozen", offset=True):
+    resid, _ = residual.accumulated_resid(model, cache)
+    if scale == "frozen":
+        resid = resid / cache["ln_final.hook_scale"][:, -1]
+    elif scale == "own":
+        centred = resid - resid.mean(-1, keepdim=True)
+        resid = centred / (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
+    diffs = (resid * (model.W_U[:, answers] - model.W_U[:, wrong_answers]).T).sum(-1)
+    return diffs + (model.b_U[answers] - model.b_U[wrong_answers]) * offset
+
+
+def check_logit_diff_by_layer(
+    learner: Callable,
+    model: HookedTransformer,
+    cache: ActivationCache,
+    answers: Int[Tensor, "batch"],
+    wrong_answers: Int[Tensor, "batch"],
+) -> None:
+    """``logit_diff_by_layer(model, cache, answers, wrong_answers)``: [n_layers + 1, batch]."""
+    task = _random_task(fresh_seed())
+    task.pop("gen")
+    task.pop("tokens")
+    cases = [dict(model=model, cache=cache, answers=answers, wrong_answers=wrong_answers), task]
+    check_function(
+        "01.6",
+        learner,
+        lambda **c: residual.accumulated_logit_diff(**c)[0],
+        cases,
+        mistakes={
+            "you forgot the final layer norm's scale: divide every running sum by the frozen scale cache['ln_final.hook_scale'][:, -1].": lambda **c: _by_layer(**c, scale="none"),
+            "you recomputed the layer norm at each layer: that is the logit lens proper (next notebooks); here keep the final scale frozen, so that the entries add up DLA.": lambda **c: _by_layer(**c, scale="own"),
+            "you left out the unembedding bias: add b_U[answers] - b_U[wrong_answers] to every entry.": lambda **c: _by_layer(**c, offset=False),
+        },
+        hint="one row per running sum (embeddings, after layer 0, ..., after the last layer), one column per prompt; the last row is the model's logit difference.",
+        success="the last row is the model's own logit difference",
+    )

@@ -1,0 +1,136 @@
+"""``handwired-induction``: a 2-layer attention-only transformer whose weights are set by hand.
+
+No training: every weight below is written down on purpose, so we know exactly what each
+head does and can check interpretability methods against the truth.
+
+Vocabulary: ``<bos>`` (id 0) and the 26 letters ``A`` ... ``Z`` (ids 1-26), written with
+spaces between them: ``model.to_tokens("A B C")``. Up to 64 positions.
+
+The residual stream (d_model = 172) is cut into five subspaces, each one-hot:
+
+    TOK      27 dims  which token is here            (written by the token embedding)
+    POS      64 dims  which position this is         (written by the positional embedding)
+    PREV     27 dims  which token was one step back  (written by L0H0)
+    OUT      27 dims  which token to predict         (written by L1H0, read by the unembedding)
+    SCRATCH  27 dims  tokens seen so far             (written by L0H1; nothing useful reads it)
+
+Layer 0
+- **L0H0, previous-token head.** Query and key read POS only: the query at position i
+  looks for position i-1, so the head attends from i to i-1. Its value reads TOK and its
+  output writes that token into PREV. After layer 0, position i knows the token at i-1.
+- L0H1, decoy: attends evenly to all earlier positions and writes the average of their
+  tokens into SCRATCH.
+
+Layer 1
+- **L1H0, induction head.** Its query reads TOK (the current token, say ``B``); its key reads
+  PREV, the output of L0H0 (K-composition): the key at position j says which token came just
+  before j. So the head attends to the position right after an earlier ``B``. Its value reads
+  TOK there (the token that followed ``B`` last time) and its output writes it into OUT,
+  which the unembedding turns into a logit of 10 for that token and 0 for the others.
+- L1H1, decoy: an attention sink, it attends to ``<bos>`` and copies SCRATCH into SCRATCH.
+
+On a sequence of distinct random letters followed by its repeat, the model predicts every
+repeated token (except the first one) with a loss of about 0.001 nats. In the first half it
+has nothing to copy and spreads its guess over the tokens seen so far.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from mi_course.circuits import Circuit, Edge
+
+__all__ = ["LETTERS", "build_handwired", "ground_truth"]
+
+LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+D_VOCAB = 1 + len(LETTERS)  # <bos> + letters
+N_CTX = 64
+D_HEAD = 64  # the previous-token head needs one query/key dimension per position
+ATTN_SCORE = 20.0  # attention score of the wanted key; every other key scores 0
+LOGIT = 10.0  # logit of the copied token; every other token gets 0
+
+TOK = slice(0, D_VOCAB)
+POS = slice(TOK.stop, TOK.stop + N_CTX)
+PREV = slice(POS.stop, POS.stop + D_VOCAB)
+OUT = slice(PREV.stop, PREV.stop + D_VOCAB)
+SCRATCH = slice(OUT.stop, OUT.stop + D_VOCAB)
+D_MODEL = SCRATCH.stop
+
+
+def _one_hot_map(n: int, scale: float = 1.0) -> torch.Tensor:
+    """An n x n identity: reads a one-hot subspace and writes the same one-hot elsewhere."""
+    return scale * torch.eye(n)
+
+
+def build_handwired() -> HookedTransformer:
+    """The hand-wired induction model (eval mode, with its letter tokenizer)."""
+    from mi_course.models import word_level_tokenizer
+
+    cfg = HookedTransformerConfig(
+        model_name="handwired-induction",
+        n_layers=2,
+        n_heads=2,
+        d_model=D_MODEL,
+        d_head=D_HEAD,
+        n_ctx=N_CTX,
+        d_vocab=D_VOCAB,
+        attn_only=True,
+        normalization_type=None,
+        positional_embedding_type="standard",
+        default_prepend_bos=True,
+    )
+    model = HookedTransformer(cfg, tokenizer=word_level_tokenizer(LETTERS, bos_token="<bos>"))
+    # Queries are multiplied by sqrt(d_head) to undo the attention scaling: scores are exactly
+    # ATTN_SCORE where we want attention and 0 elsewhere.
+    q_scale = ATTN_SCORE * D_HEAD**0.5
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.embed.W_E[:, TOK] = torch.eye(D_VOCAB)
+        model.pos_embed.W_pos[:, POS] = torch.eye(N_CTX)
+
+        attn0, attn1 = model.blocks[0].attn, model.blocks[1].attn
+        # L0H0, previous-token head: query at position i is position i-1's one-hot (none at 0).
+        attn0.W_Q[0, POS.start + 1 : POS.stop, : N_CTX - 1] = _one_hot_map(N_CTX - 1, q_scale)
+        attn0.W_K[0, POS, :N_CTX] = _one_hot_map(N_CTX)
+        attn0.W_V[0, TOK, :D_VOCAB] = _one_hot_map(D_VOCAB)
+        attn0.W_O[0, :D_VOCAB, PREV] = _one_hot_map(D_VOCAB)
+        # L0H1, decoy: zero query and key, so equal attention to all earlier positions.
+        attn0.W_V[1, TOK, :D_VOCAB] = _one_hot_map(D_VOCAB)
+        attn0.W_O[1, :D_VOCAB, SCRATCH] = _one_hot_map(D_VOCAB)
+
+        # L1H0, induction head: query = current token, key = previous token (from L0H0).
+        attn1.W_Q[0, TOK, :D_VOCAB] = _one_hot_map(D_VOCAB, q_scale)
+        attn1.W_K[0, PREV, :D_VOCAB] = _one_hot_map(D_VOCAB)
+        attn1.W_V[0, TOK, :D_VOCAB] = _one_hot_map(D_VOCAB)
+        attn1.W_O[0, :D_VOCAB, OUT] = _one_hot_map(D_VOCAB)
+        # L1H1, decoy attention sink: every query (each position's one-hot) looks for <bos>.
+        attn1.W_Q[1, POS, 0] = q_scale
+        attn1.W_K[1, TOK.start + 0, 0] = 1.0
+        attn1.W_V[1, SCRATCH, :D_VOCAB] = _one_hot_map(D_VOCAB)
+        attn1.W_O[1, :D_VOCAB, SCRATCH] = _one_hot_map(D_VOCAB)
+
+        model.unembed.W_U[OUT, :] = _one_hot_map(D_VOCAB, LOGIT)
+    return model.eval()
+
+
+def ground_truth() -> Circuit:
+    """The exact circuit of the induction behaviour, for the induction task's corruption.
+
+    The task's clean and corrupted prompts are both a random letter sequence followed by its
+    repeat (different letters, same length), so they differ in tokens, not in positions.
+    """
+    edges = [
+        Edge("embed", "L0H0.v"),  # the previous-token head moves each token one position on
+        Edge("L0H0", "L1H0.k"),  # K-composition: the key says which token came before
+        Edge("embed", "L1H0.q"),  # the query is the current token
+        Edge("embed", "L1H0.v"),  # the value is the token that followed it last time
+        Edge("L1H0", "logits"),  # the induction head's output is the prediction
+    ]
+    # Not included: embed -> L0H0.q and embed -> L0H0.k. They carry only positions (W_Q and
+    # W_K of L0H0 read POS alone), which are the same in clean and corrupted prompts, so
+    # patching them changes nothing: for this task they are fixed context, like a bias.
+    # Every other edge is exactly zero in effect: its sender writes a subspace that its
+    # receiver does not read (e.g. L0H1 and L1H1 only touch SCRATCH).
+    return Circuit.from_edges(edges)

@@ -1,0 +1,385 @@
+"""Plots of the course: attention views that work offline, matplotlib heatmaps, the explorer.
+
+Attention views (`attention_view`) are CircuitsVis views rendered once, when created, in one
+of three modes:
+
+- ``"inline"``: CircuitsVis's JavaScript bundle (about 1.3 MB) is inlined in the view, so it
+  shows without internet; the library's own per-display internet probe is skipped.
+- ``"cdn"``: a few kilobytes of HTML that load CircuitsVis from unpkg.com (needs internet).
+- ``"static"``: a PNG heatmap per head drawn with matplotlib (small, shows anywhere).
+
+The default is ``$MI_COURSE_VIZ`` when set; otherwise ``"static"`` when a notebook runs in the
+course repository's ``solutions/`` folder (so that the committed solution notebooks stay
+small) and ``"inline"`` everywhere else. Token strings are HTML-escaped, because CircuitsVis
+inserts them as raw HTML (a ``<bos>`` token would otherwise vanish).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from matplotlib.figure import Figure
+from torch import Tensor
+
+__all__ = [
+    "MODES",
+    "AttentionExplorer",
+    "AttentionView",
+    "attention_view",
+    "default_mode",
+    "escape_tokens",
+    "figure_png",
+    "plot_attention",
+    "plot_composition",
+    "plot_dla",
+    "plot_head_scores",
+    "plot_matrix",
+    "plot_per_token_loss",
+    "plot_running_logit_diff",
+]
+
+MODES = ("inline", "cdn", "static")
+
+
+def default_mode() -> str:
+    """The attention-view mode: ``$MI_COURSE_VIZ``, else static in the repo's solutions/, else inline."""
+    mode = os.environ.get("MI_COURSE_VIZ", "").strip().lower()
+    if mode:
+        if mode not in MODES:
+            raise ValueError(f"MI_COURSE_VIZ={mode!r}; use one of {MODES}.")
+        return mode
+    cwd = Path.cwd()
+    in_solutions = cwd.name == "solutions" and (cwd.parent / "mi_course" / "viz.py").is_file()
+    return "static" if in_solutions else "inline"
+
+
+def escape_tokens(tokens: Sequence[str]) -> list[str]:
+    """Token strings made safe to insert as HTML (``<bos>`` becomes ``&lt;bos&gt;``)."""
+    return [html.escape(str(t)) for t in tokens]
+
+
+def figure_png(fig: Figure, dpi: int = 80) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def plot_attention(
+    pattern: Float[Tensor, "q k"], tokens: Sequence[str], title: str = "", ax=None, max_labels: int = 40
+) -> Figure:
+    """One head's attention pattern as a heatmap: rows are queries (destinations), columns keys."""
+    fig = ax.figure if ax is not None else Figure(figsize=(4.2, 3.8))
+    ax = ax if ax is not None else fig.add_subplot()
+    image = ax.imshow(_as_numpy(pattern), cmap="Blues", vmin=0.0, vmax=1.0)
+    n = len(tokens)
+    step = max(1, -(-n // max_labels))
+    ticks = list(range(0, n, step))
+    labels = [repr(str(tokens[i]))[1:-1].replace("$", r"\$") for i in ticks]  # no mathtext from "$"
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=6)
+    ax.set_yticks(ticks, labels, fontsize=6)
+    ax.set_xlabel("key (source)")
+    ax.set_ylabel("query (destination)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return fig
+
+
+class AttentionView:
+    """Attention patterns of some heads, rendered once; Jupyter displays it by its mode."""
+
+    def __init__(self, tokens: Sequence[str], patterns: Float[Tensor, "head q k"], head_names: Sequence[str], mode: str):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        self.tokens, self.head_names, self.mode = list(tokens), list(head_names), mode
+        self.patterns = _as_numpy(patterns).astype(np.float32)
+        self.data = {"text/plain": f"<attention view: {', '.join(self.head_names)} on {len(self.tokens)} tokens ({mode})>"}
+        if mode == "static":
+            self.data["image/png"] = base64.b64encode(self._png()).decode("ascii")
+        else:
+            from circuitsvis.attention import attention_heads
+
+            rendered = attention_heads(
+                attention=self.patterns.round(4), tokens=escape_tokens(self.tokens), attention_head_names=self.head_names
+            )
+            # Pick the source here: RenderedHTML would probe the internet at every display.
+            self.data["text/html"] = rendered.local_src if mode == "inline" else rendered.cdn_src
+
+    def _png(self) -> bytes:
+        n = len(self.head_names)
+        cols = min(n, 3)
+        rows = -(-n // cols)
+        fig = Figure(figsize=(4.2 * cols, 3.8 * rows))
+        for i, name in enumerate(self.head_names):
+            plot_attention(self.patterns[i], self.tokens, name, ax=fig.add_subplot(rows, cols, i + 1))
+        fig.tight_layout()
+        return figure_png(fig)
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        return self.data
+
+
+def attention_view(
+    tokens: Sequence[str],
+    patterns: Float[Tensor, "head q k"],
+    head_names: Sequence[str] | None = None,
+    mode: str | None = None,
+) -> AttentionView:
+    """A CircuitsVis view (or a static one) of some heads' attention on one sequence.
+
+    ``patterns`` holds one ``[query, key]`` pattern per head; ``mode`` defaults to
+    `default_mode()`.
+    """
+    patterns = patterns[None] if patterns.ndim == 2 else patterns
+    names = list(head_names) if head_names is not None else [f"head {i}" for i in range(patterns.shape[0])]
+    if len(names) != patterns.shape[0] or patterns.shape[-1] != len(tokens) or patterns.shape[-2] != len(tokens):
+        raise ValueError(f"{len(names)} head names and {len(tokens)} tokens do not fit patterns of shape {tuple(patterns.shape)}")
+    return AttentionView(tokens, patterns, names, mode or default_mode())
+
+
+def _annotated_heatmap(ax, values: np.ndarray, title: str, vmin: float, vmax: float, cmap: str = "viridis") -> None:
+    image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax)
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < (vmin + vmax) / 2 else "black")
+    ax.set_xticks(range(values.shape[1]))
+    ax.set_yticks(range(values.shape[0]))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=9)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+
+
+def plot_head_scores(scores: Mapping[str, Float[Tensor, "layer head"]], title: str = "") -> Figure:
+    """One annotated ``[layer, head]`` heatmap per score (values between 0 and 1)."""
+    fig = Figure(figsize=(3.6 * len(scores), 2.6))
+    for i, (name, values) in enumerate(scores.items()):
+        _annotated_heatmap(fig.add_subplot(1, len(scores), i + 1), _as_numpy(values), name.replace("_", " "), 0.0, 1.0)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_token_loss(losses: Mapping[str, Float[Tensor, "batch pos"]], seq_len: int, title: str = "") -> Figure:
+    """Mean next-token loss at each position, one line per entry; the repeat is shaded."""
+    fig = Figure(figsize=(6.5, 3.2))
+    ax = fig.add_subplot()
+    for label, loss in losses.items():
+        ax.plot(range(1, loss.shape[1] + 1), _as_numpy(loss.mean(0)), label=label)
+    ax.axvspan(seq_len + 0.5, 2 * seq_len + 0.5, color="0.9", zorder=0, label="repeat")
+    ax.set_xlabel("position of the predicted token")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_matrix(
+    matrix: Float[Tensor, "rows cols"], title: str = "", xlabel: str = "", ylabel: str = "", center: bool = True, size: float = 3.6
+) -> Figure:
+    """A heatmap of one matrix (a QK or OV circuit); diverging colours centred on 0 by default."""
+    values = _as_numpy(matrix).astype(np.float64)
+    values = np.where(np.isfinite(values), values, np.nan)  # masked (-inf) entries stay blank
+    finite = values[np.isfinite(values)]
+    fig = Figure(figsize=(size + 0.6, size))
+    ax = fig.add_subplot()
+    if center:
+        bound = float(np.abs(finite).max()) if finite.size else 1.0
+        image = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    else:
+        image = ax.imshow(values, cmap="viridis")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def plot_composition(pair_score: float, other_pairs: Float[Tensor, "n"], random: Float[Tensor, "m"], label: str) -> Figure:
+    """The K-composition score of one head pair against other pairs and random matrices."""
+    fig = Figure(figsize=(6.0, 2.8))
+    ax = fig.add_subplot()
+    ax.hist(_as_numpy(random), bins=30, density=True, alpha=0.6, label="random matrices")
+    ax.plot(_as_numpy(other_pairs), np.zeros(len(other_pairs)), "k|", markersize=20, label="other head pairs")
+    ax.axvline(pair_score, color="C3", label=label)
+    ax.set_xlabel("K-composition score")
+    ax.set_yticks([])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+class AttentionExplorer:
+    """Widgets: pick a model, an input, a layer and a head; see the pattern and the head's scores.
+
+    The pattern is a static heatmap unless the CircuitsVis box is ticked (then `default_mode()`).
+
+    ``models`` maps names to models or to functions that load one (called on first use).
+    The input is a repeated random sequence, an example prompt (``prompts``: one list for all
+    models, or a list per model name) or the text typed in the prompt box.
+    """
+
+    REPEATED = "repeated random tokens"
+
+    def __init__(
+        self,
+        models: Mapping[str, object | Callable[[], object]],
+        prompts: Sequence[str] | Mapping[str, Sequence[str]] = (),
+        seq_len: int = 10,
+        seed: int = 0,
+    ):
+        import ipywidgets as w
+
+        self._sources = dict(models)
+        self._models: dict[str, object] = {}
+        self._runs: dict[tuple[str, str], tuple[list[str], Tensor, Tensor]] = {}
+        self.seq_len, self.seed = seq_len, seed
+        self.model_picker = w.Dropdown(options=list(self._sources), description="model")
+        self._prompts = {name: list(prompts.get(name, ()) if isinstance(prompts, Mapping) else prompts) for name in self._sources}
+        self.input_picker = w.Dropdown(options=[self.REPEATED], description="input")
+        self.prompt = w.Text(placeholder="or type a prompt and press Enter", description="prompt")
+        self.layer = w.IntSlider(min=0, max=0, description="layer")
+        self.head = w.IntSlider(min=0, max=0, description="head")
+        self.interactive = w.Checkbox(value=False, description="CircuitsVis view")
+        self.scores_text = w.HTML()
+        self.out = w.Output()
+        self.scores: dict[str, float] = {}
+        self.widget = w.VBox(
+            [w.HBox([self.model_picker, self.input_picker]), self.prompt, w.HBox([self.layer, self.head, self.interactive]), self.scores_text, self.out]
+        )
+        self.model_picker.observe(lambda _: self._model_changed(), names="value")
+        for control in (self.input_picker, self.layer, self.head, self.interactive):
+            control.observe(lambda _: self.update(), names="value")
+        self.prompt.on_submit(lambda _: self._prompt_submitted())
+        self._model_changed()
+
+    def model(self):
+        name = self.model_picker.value
+        if name not in self._models:
+            source = self._sources[name]
+            self._models[name] = source() if callable(source) and not isinstance(source, torch.nn.Module) else source
+        return self._models[name]
+
+    def _model_changed(self) -> None:
+        cfg = self.model().cfg
+        with self.head.hold_trait_notifications(), self.layer.hold_trait_notifications(), self.input_picker.hold_trait_notifications():
+            self.layer.max, self.head.max = cfg.n_layers - 1, cfg.n_heads - 1
+            self.input_picker.options = [self.REPEATED, *self._prompts[self.model_picker.value]]
+            self.input_picker.value = self.REPEATED
+        self.update()
+
+    def _prompt_submitted(self) -> None:
+        text = self.prompt.value.strip()
+        if text and text not in self.input_picker.options:
+            self._prompts[self.model_picker.value].append(text)
+            self.input_picker.options = [*self.input_picker.options, text]
+        self.input_picker.value = text or self.REPEATED
+
+    def _run(self) -> tuple[list[str], Tensor, Tensor]:
+        """Tokens, token strings and all patterns ``[layer, head, q, k]`` for the current input, cached."""
+        from mi_course.induction import repeated_tokens
+
+        key = (self.model_picker.value, self.input_picker.value)
+        if key not in self._runs:
+            model = self.model()
+            if self.input_picker.value == self.REPEATED:
+                tokens = repeated_tokens(model, self.seq_len, n=1, seed=self.seed)
+            else:
+                tokens = model.to_tokens(self.input_picker.value)
+            with torch.no_grad():
+                _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+            patterns = torch.stack([cache["pattern", layer][0] for layer in range(model.cfg.n_layers)])
+            self._runs[key] = (model.to_str_tokens(tokens[0]), tokens, patterns)
+        return self._runs[key]
+
+    def update(self) -> None:
+        """Recompute the scores of the selected head and redraw its pattern."""
+        from IPython.display import display
+
+        from mi_course.induction import mask_scores
+
+        try:
+            strings, tokens, patterns = self._run()
+        except Exception as err:  # e.g. a prompt with words the model's tokenizer does not know
+            self.scores = {}
+            self.scores_text.value = f"<b>cannot run this input:</b> {html.escape(f'{type(err).__name__}: {err}')}"
+            self.out.clear_output()
+            return
+        layer, head = self.layer.value, self.head.value
+        pattern = patterns[layer, head]
+        self.scores = {name: float(v[0]) for name, v in mask_scores(pattern[None, None], tokens).items()}
+        shown = ", ".join(
+            f"{name.replace('_', ' ')}: {'n/a (no repeated token)' if np.isnan(v) else f'{v:.2f}'}" for name, v in self.scores.items()
+        )
+        self.scores_text.value = f"<b>L{layer}H{head}</b> scores: {html.escape(shown)}"
+        self.out.clear_output(wait=True)
+        with self.out:
+            mode = default_mode() if self.interactive.value else "static"
+            display(attention_view(strings, pattern, [f"L{layer}H{head}"], mode=mode))
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def _diverging_heatmap(ax, values: np.ndarray, title: str, xticks: Sequence[str], yticks: Sequence[str]) -> None:
+    bound = float(np.abs(values).max()) or 1.0
+    image = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound)
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if abs(v) > 0.6 * bound else "black")
+    ax.set_xticks(range(len(xticks)), xticks)
+    ax.set_yticks(range(len(yticks)), yticks)
+    ax.set_title(title, fontsize=9)
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+
+
+def plot_dla(
+    heads: Float[Tensor, "layer head"], layers: Mapping[str, Float[Tensor, "layer"]], title: str = ""
+) -> Figure:
+    """Direct logit attributions: per head (left) and per layer and kind of part (right).
+
+    Blue pushes towards the answer, red towards the wrong answer; ``layers`` maps a row
+    name (``"attn"``, ``"MLP"``) to one value per layer.
+    """
+    grid = _as_numpy(heads)
+    rows = np.stack([_as_numpy(v) for v in layers.values()])
+    fig = Figure(figsize=(3.0 + 0.55 * (grid.shape[1] + grid.shape[0]), 0.6 + 0.45 * max(grid.shape[0], 2)))
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    _diverging_heatmap(left, grid, "per head", [str(h) for h in range(grid.shape[1])], [f"L{l}" for l in range(grid.shape[0])])
+    left.set_xlabel("head")
+    _diverging_heatmap(right, rows, "per layer", [f"L{l}" for l in range(rows.shape[1])], list(layers))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_running_logit_diff(values: Float[Tensor, "n"], labels: Sequence[str], final: float | None = None, title: str = "") -> Figure:
+    """The logit difference read from the residual stream after each layer (a line per point)."""
+    fig = Figure(figsize=(5.0, 2.8))
+    ax = fig.add_subplot()
+    ax.plot(range(len(labels)), _as_numpy(values), "o-")
+    if final is not None:
+        ax.axhline(final, color="0.5", linestyle="--", label="model's logit difference")
+        ax.legend(fontsize=8)
+    ax.axhline(0.0, color="0.8", linewidth=0.8)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("logit difference")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,180 @@
+"""Induction-head scores and circuits against independent computations and known models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+import mi_course
+from mi_course import induction
+from mi_course.checks import nb00
+from mi_course.circuits import Edge
+from mi_course.models import MissingWeightsError
+
+SEQ_LEN = 8
+
+
+@pytest.fixture(scope="module")
+def random_model() -> HookedTransformer:
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, n_ctx=40, d_head=8, n_heads=3, d_vocab=30, attn_only=True, act_fn=None, seed=0
+    )
+    return HookedTransformer(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def handwired() -> HookedTransformer:
+    return mi_course.load_model("handwired-induction")
+
+
+def test_repeated_tokens_layout(random_model):
+    tokens = induction.repeated_tokens(random_model, SEQ_LEN, n=5, seed=3)
+    assert tokens.shape == (5, 2 * SEQ_LEN + 1)
+    assert torch.equal(tokens[:, 1 : SEQ_LEN + 1], tokens[:, SEQ_LEN + 1 :])
+    assert all(len(set(row[1 : SEQ_LEN + 1].tolist())) == SEQ_LEN for row in tokens)  # distinct within a half
+    assert torch.equal(tokens, induction.repeated_tokens(random_model, SEQ_LEN, n=5, seed=3))
+    assert not torch.equal(tokens, induction.repeated_tokens(random_model, SEQ_LEN, n=5, seed=4))
+
+
+def test_repeated_tokens_skip_bos(handwired):
+    tokens = induction.repeated_tokens(handwired, 26, n=4, seed=0)
+    assert (tokens[:, 0] == 0).all() and (tokens[:, 1:] > 0).all()
+    with pytest.raises(ValueError, match="distinct tokens"):
+        induction.repeated_tokens(handwired, 27)
+
+
+def test_synthetic_patterns_are_distributions_and_scores_pick_each_head():
+    pattern = induction.synthetic_patterns(SEQ_LEN, batch=3, seed=1, noise=0.1)
+    assert torch.allclose(pattern.sum(-1), torch.ones(3, 4, 2 * SEQ_LEN + 1))
+    assert (pattern.triu(1) == 0).all()
+    assert induction.previous_token_score(pattern).argmax() == 0
+    assert induction.duplicate_token_score(pattern, SEQ_LEN).argmax() == 1
+    assert induction.induction_score(pattern, SEQ_LEN).argmax() == 2
+    assert induction.induction_score(pattern, SEQ_LEN)[2] > 0.9
+
+
+def test_diagonal_scores_equal_mask_scores_on_a_model(random_model):
+    """The diagonal scores agree with scores computed from where tokens actually repeat."""
+    tokens = induction.repeated_tokens(random_model, SEQ_LEN, n=6, seed=0)
+    scores = induction.head_scores(random_model, tokens, SEQ_LEN)
+    _, cache = random_model.run_with_cache(tokens)
+    for layer in range(2):
+        by_mask = induction.mask_scores(cache["pattern", layer], tokens)
+        for name in induction.SCORE_NAMES:
+            assert torch.allclose(by_mask[name], scores[name][layer], atol=1e-6), name
+
+
+def test_mask_scores_without_repeats_are_nan():
+    pattern = induction.random_causal_patterns(1, 2, 5, seed=0)
+    scores = induction.mask_scores(pattern, torch.arange(5)[None])
+    assert scores["induction"].isnan().all() and scores["duplicate_token"].isnan().all()
+    assert not scores["previous_token"].isnan().any()
+
+
+def test_per_token_loss_matches_transformer_lens(random_model):
+    tokens = induction.repeated_tokens(random_model, SEQ_LEN, n=3, seed=0)
+    expected = random_model(tokens, return_type="loss", loss_per_token=True)
+    assert torch.allclose(induction.per_token_loss(random_model, tokens), expected, atol=1e-5)
+
+
+def test_find_heads_sorted():
+    scores = torch.tensor([[0.1, 0.9], [0.95, 0.2]])
+    assert induction.find_heads(scores, 0.5) == [(1, 0), (0, 1)]
+    assert induction.find_heads(scores, 0.99) == []
+
+
+def test_handwired_scores_identify_exactly_the_planted_heads(handwired):
+    """L0H0 is the previous-token head and L1H0 the induction head, joined by K-composition."""
+    tokens = induction.repeated_tokens(handwired, 20, n=8, seed=0)
+    scores = induction.head_scores(handwired, tokens, 20)
+    truth = mi_course.ground_truth("handwired-induction")
+    assert Edge("L0H0", "L1H0.k") in truth
+    assert induction.find_heads(scores["previous_token"], 0.5) == [(0, 0)]
+    assert induction.find_heads(scores["induction"], 0.5) == [(1, 0)]
+    assert induction.find_heads(scores["duplicate_token"], 0.5) == []
+    assert scores["previous_token"][0, 0] > 0.99 and scores["induction"][1, 0] > 0.99
+    loss = induction.per_token_loss(handwired, tokens)
+    assert loss[:, 21:].mean() < 0.01 < 1.0 < loss[:, 1:20].mean()  # the repeat is predicted (but its first token)
+
+
+def test_handwired_circuits(handwired):
+    letters = torch.arange(1, 27)
+    assert induction.head_copying_score(handwired, 1, 0, letters) == 1.0
+    assert induction.head_copying_score(handwired, 0, 0, letters) == 0.0  # writes into PREV, which W_U ignores
+    composed = induction.k_composition_qk_circuit(handwired, (0, 0), (1, 0))
+    assert induction.diagonal_argmax_fraction(composed[1:, 1:]) == 1.0
+    positional = induction.positional_qk_circuit(handwired, 0, 0)
+    assert torch.equal(positional[1:20].argmax(-1), torch.arange(0, 19))
+    k_scores = induction.k_composition_scores(handwired)
+    assert k_scores[0, :, 1, :].argmax() == 0  # (L0H0, L1H0) is the top pair
+    baseline = induction.composition_baseline(handwired.cfg.d_model, handwired.cfg.d_head, n=30)
+    assert k_scores[0, 0, 1, 0] > baseline.max()
+
+
+def test_head_copying_score_chunks_equal_dense(random_model):
+    dense = induction.diagonal_argmax_fraction(induction.full_ov_circuit(random_model, 1, 2))
+    assert induction.head_copying_score(random_model, 1, 2, chunk=7) == pytest.approx(dense)
+    rows = torch.tensor([3, 5, 11])
+    full = induction.full_ov_circuit(random_model, 0, 1)
+    assert torch.allclose(induction.full_ov_circuit(random_model, 0, 1, rows), full[rows][:, rows], atol=1e-5)
+    composed = induction.k_composition_qk_circuit(random_model, (0, 0), (1, 1))
+    assert torch.allclose(induction.k_composition_qk_circuit(random_model, (0, 0), (1, 1), rows), composed[rows][:, rows], atol=1e-5)
+
+
+def test_circuits_match_transformer_lens_factored_matrices(random_model):
+    assert torch.allclose(induction.qk_circuit(random_model, 1, 2), random_model.QK[1, 2].AB, atol=1e-5)
+    assert torch.allclose(induction.ov_circuit(random_model, 0, 1), random_model.OV[0, 1].AB, atol=1e-5)
+
+
+def test_k_composition_matches_transformer_lens_and_notebook_00(random_model):
+    ours = induction.k_composition_scores(random_model)
+    assert torch.allclose(ours, random_model.all_composition_scores("K"), atol=1e-5)
+    m = random_model
+    assert torch.allclose(ours[0, :, 1, :], nb00.k_composition_scores(m.W_V[0], m.W_O[0], m.W_Q[1], m.W_K[1]), atol=1e-5)
+
+
+def test_composition_baseline_is_seeded_and_in_range():
+    a = induction.composition_baseline(32, 8, n=20, seed=0)
+    assert torch.equal(a, induction.composition_baseline(32, 8, n=20, seed=0))
+    assert ((a > 0) & (a < 1)).all()
+
+
+def _zoo_model(name: str) -> HookedTransformer:
+    try:
+        return mi_course.load_model(name)
+    except MissingWeightsError:
+        pytest.skip(f"{name} is not in the zoo yet")
+
+
+def test_attn_only_2l_has_previous_token_and_induction_heads():
+    model = _zoo_model("attn-only-2l")
+    tokens = induction.repeated_tokens(model, 10, n=16, seed=0)
+    scores = induction.head_scores(model, tokens, 10)
+    previous = induction.find_heads(scores["previous_token"], 0.5)
+    found = induction.find_heads(scores["induction"], 0.5)
+    assert previous and all(layer == 0 for layer, _ in previous)
+    assert found and all(layer == 1 for layer, _ in found)
+    loss = induction.per_token_loss(model, tokens)
+    assert loss[:, 12:].mean() < 0.5 * loss[:, 1:10].mean()
+
+
+def test_repeat_loss_and_resample_hook(random_model):
+    tokens = induction.repeated_tokens(random_model, SEQ_LEN, n=4, seed=0)
+    expected = induction.per_token_loss(random_model, tokens)[:, SEQ_LEN + 1 :].mean().item()
+    assert induction.repeat_loss(random_model, tokens, SEQ_LEN) == pytest.approx(expected, abs=1e-5)
+    identity = [("blocks.1.attn.hook_z", induction.resample_hook(0, torch.arange(4)))]
+    assert induction.repeat_loss(random_model, tokens, SEQ_LEN, identity) == pytest.approx(expected, abs=1e-5)
+    shuffled = [("blocks.1.attn.hook_z", induction.resample_hook(0, torch.tensor([1, 2, 3, 0])))]
+    assert induction.repeat_loss(random_model, tokens, SEQ_LEN, shuffled) != pytest.approx(expected, abs=1e-5)
+
+
+def test_ablation_hooks(random_model):
+    tokens = induction.repeated_tokens(random_model, SEQ_LEN, n=4, seed=0)
+    clean = induction.repeat_loss(random_model, tokens, SEQ_LEN)
+    for how in ("mean", "zero", "resample"):
+        hooks = induction.ablation_hooks([(1, 0), (1, 2)], how, source=torch.tensor([1, 2, 3, 0]))
+        assert [name for name, _ in hooks] == ["blocks.1.attn.hook_z"] * 2
+        assert induction.repeat_loss(random_model, tokens, SEQ_LEN, hooks) != pytest.approx(clean, abs=1e-6)
+    with pytest.raises(ValueError, match="needs `source`"):
+        induction.ablation_hooks([(1, 0)], "resample")

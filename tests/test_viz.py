@@ -1,0 +1,132 @@
+"""Attention views render offline without probing the internet; plots and the explorer work."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+import mi_course
+from mi_course import induction, viz
+
+TOKENS = ["<bos>", "A", "$B", "<script>", "A", "$B"]
+PATTERN = induction.random_causal_patterns(1, 2, len(TOKENS), seed=0)[0]
+
+
+@pytest.fixture(autouse=True)
+def no_internet_probe(monkeypatch):
+    """CircuitsVis's RenderedHTML probes google.com at every display; our views must not."""
+    import urllib.request
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the attention view tried to reach the internet")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.delenv("MI_COURSE_VIZ", raising=False)
+
+
+def _props(html: str) -> dict:
+    """The JSON properties passed to CircuitsVis.render in a view's HTML."""
+    return json.loads(re.search(r"CircuitsVis\.AttentionHeads,\s*(\{.*\})\s*\)", html, re.S)[1])
+
+
+def test_escape_tokens():
+    assert viz.escape_tokens(["<bos>", "a&b", ' "x"']) == ["&lt;bos&gt;", "a&amp;b", " &quot;x&quot;"]
+
+
+def test_inline_view_carries_the_bundle_and_escaped_tokens():
+    view = viz.attention_view(TOKENS, PATTERN, ["L0H0", "L0H1"], mode="inline")
+    bundle = view._repr_mimebundle_()
+    html = bundle["text/html"]
+    assert len(html) > 1_000_000  # the JavaScript bundle is inlined: shows offline
+    assert "unpkg.com" not in html
+    props = _props(html)
+    assert props["tokens"] == ["&lt;bos&gt;", "A", "$B", "&lt;script&gt;", "A", "$B"]
+    assert props["attentionHeadNames"] == ["L0H0", "L0H1"]
+    assert torch.allclose(torch.tensor(props["attention"]), PATTERN, atol=1e-4)
+    assert view._repr_mimebundle_() is bundle  # rendered once, not at every display
+
+
+def test_cdn_view_is_small():
+    html = viz.attention_view(TOKENS, PATTERN, mode="cdn")._repr_mimebundle_()["text/html"]
+    assert "unpkg.com/circuitsvis" in html and len(html) < 20_000
+    assert _props_cdn(html)["tokens"][0] == "&lt;bos&gt;"
+
+
+def _props_cdn(html: str) -> dict:
+    return json.loads(re.search(r"AttentionHeads,\s*(\{.*\})\s*\)", html, re.S)[1])
+
+
+def test_static_view_is_a_small_png():
+    bundle = viz.attention_view(TOKENS, PATTERN[0], ["L1H0"], mode="static")._repr_mimebundle_()
+    png = base64.b64decode(bundle["image/png"])
+    assert png.startswith(b"\x89PNG") and len(png) < 150_000
+    assert "text/html" not in bundle and "L1H0" in bundle["text/plain"]
+
+
+def test_view_rejects_mismatched_shapes_and_modes():
+    with pytest.raises(ValueError, match="do not fit"):
+        viz.attention_view(TOKENS[:-1], PATTERN, mode="static")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        viz.attention_view(TOKENS, PATTERN, mode="html")
+
+
+def test_default_mode(monkeypatch, tmp_path, root):
+    monkeypatch.chdir(tmp_path)
+    assert viz.default_mode() == "inline"
+    monkeypatch.chdir(root / "solutions") if (root / "solutions").is_dir() else pytest.skip("no solutions/")
+    assert viz.default_mode() == "static"  # committed solution notebooks stay small
+    monkeypatch.setenv("MI_COURSE_VIZ", "cdn")
+    assert viz.default_mode() == "cdn"
+    monkeypatch.setenv("MI_COURSE_VIZ", "fancy")
+    with pytest.raises(ValueError, match="MI_COURSE_VIZ"):
+        viz.default_mode()
+
+
+def test_plots_return_figures():
+    scores = {name: torch.rand(2, 3) for name in induction.SCORE_NAMES}
+    assert isinstance(viz.plot_head_scores(scores, "title"), Figure)
+    assert isinstance(viz.plot_per_token_loss({"model": torch.rand(4, 12)}, seq_len=6), Figure)
+    assert isinstance(viz.plot_matrix(torch.randn(5, 5), "QK"), Figure)
+    assert isinstance(viz.plot_attention(PATTERN[0], TOKENS), Figure)
+    assert isinstance(viz.plot_composition(0.3, torch.rand(5), torch.rand(50), "pair"), Figure)
+
+
+def test_explorer_updates_scores_and_switches_models():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    handwired = mi_course.load_model("handwired-induction")
+    cfg = HookedTransformerConfig(n_layers=3, d_model=16, n_ctx=40, d_head=4, n_heads=4, d_vocab=27, attn_only=True, act_fn=None, seed=0)
+    loads = []
+
+    def load_random():
+        loads.append(1)
+        return HookedTransformer(cfg, tokenizer=handwired.tokenizer).eval()
+
+    explorer = viz.AttentionExplorer(
+        {"handwired-induction": handwired, "random": load_random}, prompts={"handwired-induction": ["A B C A B C"]}
+    )
+    assert (explorer.layer.max, explorer.head.max) == (1, 1)
+    explorer.layer.value, explorer.head.value = 1, 0
+    assert explorer.scores["induction"] > 0.99  # L1H0 of the hand-wired model on a repeated sequence
+    explorer.layer.value = 0
+    assert explorer.scores["previous_token"] > 0.99 and "L0H0" in explorer.scores_text.value
+    explorer.input_picker.value = "A B C A B C"
+    assert explorer.scores["previous_token"] > 0.99
+    explorer.prompt.value = "A B C D"
+    explorer._prompt_submitted()
+    assert explorer.input_picker.value == "A B C D" and torch.isnan(torch.tensor(explorer.scores["induction"]))
+    assert "n/a" in explorer.scores_text.value
+    explorer.prompt.value = "not a letter"
+    explorer._prompt_submitted()
+    assert explorer.scores == {} and "cannot run this input" in explorer.scores_text.value
+    explorer.model_picker.value = "random"
+    assert loads == [1] and (explorer.layer.max, explorer.head.max) == (2, 3)
+    assert explorer.input_picker.options == (explorer.REPEATED,) and "induction" in explorer.scores
+    explorer.model_picker.value = "handwired-induction"
+    explorer.model_picker.value = "random"
+    assert loads == [1]  # loaded once
