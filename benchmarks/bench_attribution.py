@@ -6,8 +6,9 @@
 Exact edge patching runs one forward pass per edge (`edge_patching_effects`); EAP scores
 every edge from 2 forward passes without gradients and one with a backward pass, EAP-IG (5
 steps) from 5 of those. So the speed ratio grows with the number of edges, which grows
-with the square of the number of layers. Also prints how well EAP ranks the edges (Spearman
-against exact patching) and node AtP against the batched activation patching of heads.
+with the square of the number of layers. Also prints how well EAP and EAP-IG rank the edges
+(Spearman and top-20 overlap against exact patching), the faithfulness of their top-n circuits
+on the last model, and node AtP against the batched activation patching of heads.
 One torch thread, as on the course's shared CPUs.
 """
 
@@ -73,16 +74,28 @@ def main() -> int:
         setups = [random_setup(n) for n in (1, 2, 3, 4)]
         setups += [s for s in [toy_lm_setup(16)] if s is not None]
     print("1 torch thread; times in seconds; speed-up = exact edge patching time / EAP time")
-    print(f"{'model':<38} {'edges':>6} {'exact':>7} {'EAP':>6} {'speed-up':>9} {'EAP-IG(5)':>10} {'speed-up':>9} {'Spearman':>9} {'top-20':>7}")
+    curves = []
+    print("Spearman and top-20 overlap against exact edge patching: EAP / EAP-IG(5)")
+    print(f"{'model':<38} {'edges':>6} {'exact':>7} {'EAP':>6} {'speed-up':>9} {'EAP-IG(5)':>10} {'speed-up':>9} {'Spearman':>13} {'top-20':>11}")
     for model, clean, corrupted, metric, desc in setups:
         exact_time, exact = timed(lambda: A.edge_patching_effects(model, clean, corrupted, metric, progress=False))
         eap_time, eap = timed(lambda: A.edge_attribution_patching(model, clean, corrupted, metric))
-        ig_time, _ = timed(lambda: A.edge_attribution_patching_ig(model, clean, corrupted, metric, steps=5))
-        ours, truth = [eap[e] for e in exact], list(exact.values())
+        ig_time, ig = timed(lambda: A.edge_attribution_patching_ig(model, clean, corrupted, metric, steps=5))
+        truth = list(exact.values())
+        ours, ours_ig = [eap[e] for e in exact], [ig[e] for e in exact]
+        spearman = f"{A.rank_correlation(ours, truth):.3f} / {A.rank_correlation(ours_ig, truth):.3f}"
+        overlap = f"{A.top_k_overlap(ours, truth, 20):.2f} / {A.top_k_overlap(ours_ig, truth, 20):.2f}"
         print(
             f"{desc:<38} {len(exact):>6} {exact_time:>7.2f} {eap_time:>6.3f} {exact_time / eap_time:>8.0f}x "
-            f"{ig_time:>10.3f} {exact_time / ig_time:>8.0f}x {A.rank_correlation(ours, truth):>9.3f} {A.top_k_overlap(ours, truth, 20):>7.2f}"
+            f"{ig_time:>10.3f} {exact_time / ig_time:>8.0f}x {spearman:>13} {overlap:>11}"
         )
+        curves.append((desc, model, clean, corrupted, metric, eap, ig))
+    model_desc, model, clean, corrupted, metric, eap, ig = curves[-1]
+    sizes = [n for n in (10, 25, 50, 100, 200, 400) if n < len(eap)]
+    print(f"\nfaithfulness (clean = 1, corrupted = 0) of the top-n edges, {model_desc}: EAP / EAP-IG(5)")
+    eap_curve = A.faithfulness_curve(model, eap, clean, corrupted, metric, sizes, progress=False)
+    ig_curve = A.faithfulness_curve(model, ig, clean, corrupted, metric, sizes, progress=False)
+    print("  " + "  ".join(f"n={n}: {eap_curve[n]:.2f} / {ig_curve[n]:.2f}" for n in sizes))
     print("\nnode level, heads x positions: AtP vs batched activation patching (mi_course.patching)")
     for model, clean, corrupted, metric, desc in setups:
         with torch.no_grad():

@@ -141,7 +141,8 @@ def _course_notebook(name: str, nb: nbformat.NotebookNode) -> CourseNotebook:
         raise GradeError(f"course notebook {name}: exercises {sorted(missing)} lack an exercise or a check cell")
     exercises = [Exercise(ex, c["points"], cells[ex], c["cell"]) for ex, c in checks.items()]
     course_tree, check_tree, exercise_tree = (_parse(cells, name) for cells in (course_code, check_code, exercise_code))
-    protected = integrity.free_names(check_tree) - integrity.bound_names(exercise_tree)
+    # Names the check cells take from the notebook, and `globals`, which the verifier cells call.
+    protected = (integrity.free_names(check_tree) | {"globals"}) - integrity.bound_names(exercise_tree)
     bindings = {k: v for k, v in integrity.import_bindings(course_tree.body).items() if k in protected}
     return CourseNotebook(name, nb, exercises, integrity.imported_names(course_tree), protected, bindings)
 

@@ -116,7 +116,7 @@ IOI_TEMPLATES = (
     ("While", ("were", "at", "the"), "passed"),
 )
 CENTURIES = tuple(range(11, 20))
-START_YEARS = tuple(range(2, 99))  # so that at least one later year exists (and one earlier)
+START_YEARS = tuple(range(0, 99))  # 00..98, so that a later year exists; 01 is the tasks' corruption
 REPEAT_LENGTHS = (3, 10)  # inclusive range of the repeated span's length
 # Words a repeated span is made of: none of them can start another kind of sentence.
 REPEAT_POOL = tuple(

@@ -12,7 +12,7 @@ current token sits at key ``q - n`` and the token that followed it at key ``q - 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -45,6 +45,7 @@ __all__ = [
     "repeated_tokens",
     "resample_ablate",
     "resample_hook",
+    "single_token_ids",
     "synthetic_patterns",
 ]
 
@@ -72,6 +73,20 @@ def repeated_tokens(
     gen = torch.Generator().manual_seed(seed)
     picks = torch.stack([vocab[torch.randperm(len(vocab), generator=gen)[:seq_len]] for _ in range(n)])
     return torch.cat([torch.full((n, 1), bos), picks, picks], dim=1).to(model.cfg.device)
+
+
+def single_token_ids(model: HookedTransformer, words: Sequence[str]) -> Int[Tensor, "w"]:
+    """Ids of the ``words`` that are one token each, written with a leading space (GPT-2 style)."""
+    specials = set(model.tokenizer.all_special_ids)
+    found = []
+    for word in words:
+        try:
+            ids = model.tokenizer.encode(" " + word, add_special_tokens=False)
+        except Exception:  # a word-level tokenizer without an unknown token rejects new words
+            continue
+        if len(ids) == 1 and ids[0] not in specials:
+            found.append(ids[0])
+    return torch.tensor(found, dtype=torch.long)
 
 
 def per_token_loss(model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos-1"]:

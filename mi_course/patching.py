@@ -25,10 +25,15 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 __all__ = [
     "ABLATION_MODES",
     "ACTIVATIONS",
+    "DIRECTIONS",
+    "SWEEP_ABLATIONS",
+    "Metric",
     "ablate_head_hook",
     "ablation_sweep",
     "activation_patching",
+    "check_tokens",
     "hook_name",
+    "metric_value",
     "normalised_effect",
     "patch_attn_out",
     "patch_head_k",
@@ -186,6 +191,8 @@ def _sweep(
     Patches that insert the values already there (e.g. positions before the first token where
     clean and corrupted prompts differ) score the base run's metric without a forward pass.
     """
+    if patches_per_pass is not None and (not isinstance(patches_per_pass, int) or patches_per_pass < 1):
+        raise ValueError(f"patches_per_pass must be a positive integer or None, got {patches_per_pass!r}.")
     batch = base_tokens.shape[0]
     per_pass = patches_per_pass or max(1, 64 // batch)  # larger passes run slower per sequence on a CPU (cache misses)
     names = [hook_name(model, activation, layer) for layer in range(model.cfg.n_layers)]

@@ -232,7 +232,8 @@ def _greater_than(vocab: _Vocab, n: int, rng: random.Random) -> dict:
         # " 1741" must be " 17" + "41" as one string too, not just word by word (GPT-2 merges some).
         return vocab.ids(f" {cc}{yy:02d}") == [vocab.id(f" {cc}"), year_ids[yy]] and vocab.id(f" {cc}") is not None
 
-    pairs = [(cc, yy) for cc in grammar.CENTURIES for yy in grammar.START_YEARS if splits(cc, yy) and splits(cc, 1)]
+    # Start years 02..98 as in Hanna et al.: above the corruption 01, and some year above each.
+    pairs = [(cc, yy) for cc in grammar.CENTURIES for yy in range(2, 99) if splits(cc, yy) and splits(cc, 1)]
     if not pairs:
         raise TaskUnavailableError("task 'greater_than': no year 'CCYY' of the grammar splits into ' CC' + 'YY' tokens here.")
     clean, corrupted, yys, prompts = [], [], [], []

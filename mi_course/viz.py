@@ -209,13 +209,14 @@ def plot_matrix(
     return fig
 
 
-def plot_composition(pair_score: float, other_pairs: Float[Tensor, "n"], random: Float[Tensor, "m"], label: str) -> Figure:
-    """The K-composition score of one head pair against other pairs and random matrices."""
+def plot_composition(circuit_pairs: Float[Tensor, "n"], other_pairs: Float[Tensor, "m"], random: Float[Tensor, "r"]) -> Figure:
+    """K-composition scores of the circuit's head pairs against other pairs and random matrices."""
     fig = Figure(figsize=(6.0, 2.8))
     ax = fig.add_subplot()
     ax.hist(_as_numpy(random), bins=30, density=True, alpha=0.6, label="random matrices")
-    ax.plot(_as_numpy(other_pairs), np.zeros(len(other_pairs)), "k|", markersize=20, label="other head pairs")
-    ax.axvline(pair_score, color="C3", label=label)
+    ax.plot(_as_numpy(other_pairs), np.zeros(len(other_pairs)), "k|", markersize=25, label="other head pairs")
+    ax.plot(_as_numpy(circuit_pairs), np.zeros(len(circuit_pairs)), "|", color="C3", markersize=40, mew=2,
+            label="previous-token -> induction pairs")
     ax.set_xlabel("K-composition score")
     ax.set_yticks([])
     ax.legend(fontsize=8)

@@ -1,15 +1,18 @@
 """Train ``attn-only-2l``: a 2-layer attention-only transformer that learns induction.
 
-Data: sequences of uniformly random tokens in which one or two spans are copied from earlier
-in the sequence, with a random length and a random distance between the copy and the
-original. A fixed distance would let a layer-0 head find the copy by position alone; random
-distances force the model to find the earlier occurrence of the current token, the
-induction mechanism (a previous-token head in layer 0, an induction head in layer 1).
+Data: sequences of uniformly random tokens in which a span of random length, starting at a
+random position, is repeated after a random gap. A fixed distance would let a layer-0 head
+find the copy by position alone; random distances force the model to find the earlier
+occurrence of the current token: the induction mechanism (a previous-token head in layer 0,
+an induction head in layer 1).
 
     python scripts/train_attn_only_2l.py            # writes mi_course/zoo/attn-only-2l/
     python scripts/train_attn_only_2l.py --steps 50 --out /tmp/attn  # a quick trial
 
-The run is seeded and single-threaded, so it reproduces the shipped weights.
+The run is seeded and single-threaded, so it reproduces the shipped weights. The residual
+stream is wide (d_model 256) on purpose: with d_model 64 the 65 token and 64 position
+directions crowd it, and in trials of up to 1500 steps the model stayed at "predict any earlier
+token" and never formed induction heads.
 """
 
 from __future__ import annotations
@@ -29,21 +32,21 @@ from mi_course.training import next_token_loss, save_model, train
 N_TOKENS = 64  # random tokens t0 ... t63 (ids 1-64; id 0 is <bos>)
 N_CTX = 64
 BATCH = 64
-SPAN = (4, 30)  # copied span length, inclusive
+SPAN = (5, 31)  # repeated span length, inclusive
+FIXED_START = "--fixed-start" in __import__("sys").argv
 # Held-out evaluation (the model card's numbers): BOS + random half + the same half again.
 EVAL_HALF = 25
 
 
 def repeated_spans(batch: int, generator: torch.Generator) -> Int[Tensor, "batch pos"]:
-    """Random tokens after <bos>, with one or two earlier spans copied at random distances."""
+    """<bos> and random tokens in which a span of random length, starting at a random position
+    (with --fixed-start: right after <bos>), is immediately repeated."""
     seq = N_CTX - 1
     tokens = torch.randint(1, N_TOKENS + 1, (batch, seq), generator=generator)
     for row in tokens:
-        for _ in range(int(torch.randint(1, 3, (), generator=generator))):
-            length = int(torch.randint(SPAN[0], SPAN[1] + 1, (), generator=generator))
-            source = int(torch.randint(0, seq - 2 * length + 1, (), generator=generator))
-            target = int(torch.randint(source + length, seq - length + 1, (), generator=generator))
-            row[target : target + length] = row[source : source + length].clone()
+        length = int(torch.randint(SPAN[0], SPAN[1] + 1, (), generator=generator))
+        start = 0 if FIXED_START else int(torch.randint(0, seq - 2 * length + 1, (), generator=generator))
+        row[start + length : start + 2 * length] = row[start : start + length].clone()
     return torch.cat([torch.zeros(batch, 1, dtype=torch.long), tokens], dim=1)
 
 
@@ -83,6 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--fixed-start", action="store_true")
     parser.add_argument("--out", type=Path, default=ZOO / "attn-only-2l")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -92,7 +97,7 @@ def main() -> None:
         model_name="attn-only-2l",
         n_layers=2,
         n_heads=4,
-        d_model=64,
+        d_model=args.d_model,
         d_head=16,
         n_ctx=N_CTX,
         d_vocab=N_TOKENS + 1,
@@ -126,12 +131,12 @@ the course's trained example of induction heads. Reproduce it with
 
 ## Data
 Sequences of {N_CTX} tokens: `<bos>` and then uniformly random tokens `t0` ... `t{N_TOKENS - 1}`,
-in which one or two spans of {SPAN[0]}-{SPAN[1]} tokens are copies of an earlier span, at a random
-distance. The distance varies, so the copy can only be found by looking for the earlier
-occurrence of the current token (induction), not by position.
+in which a span of {SPAN[0]}-{SPAN[1]} tokens, starting at a random position, is repeated after a
+random gap. The distance between the span and its copy varies, so the copy can only be found by
+looking for the earlier occurrence of the current token (induction), not by position.
 
 ## Architecture
-HookedTransformer, 2 layers, 4 heads per layer, d_model 64, d_head 16, no MLPs, LayerNorm,
+HookedTransformer, 2 layers, 4 heads per layer, d_model {args.d_model}, d_head 16, no MLPs, LayerNorm,
 learned positional embeddings, vocabulary {N_TOKENS + 1} (`<bos>` = id 0), context {N_CTX}.
 
 ## Training

@@ -1,6 +1,6 @@
 """Train toy-lm, the course's small GPT-style model, on the synthetic English of `mi_course.grammar`.
 
-    python scripts/train_toy_lm.py                 # the shipped model (about 15-25 min on 2 CPU cores)
+    python scripts/train_toy_lm.py                 # the shipped model (18 min on a busy 2-core CPU)
     python scripts/train_toy_lm.py --card-only     # re-evaluate the saved model and rewrite MODEL_CARD.md
     python scripts/train_toy_lm.py --tiny --steps 3 --out /tmp/toy   # smoke test of the pipeline
 
@@ -66,8 +66,10 @@ def evaluate(model: HookedTransformer, seed: int = 7) -> dict[str, float]:
     ioi = make_task("ioi", model, n=200, seed=seed)
     out["IOI logit difference"] = ioi.clean_value
     out["IOI: IO preferred"] = ioi.accuracy(ioi.logits(model))
+    out["IOI logit difference, ABC-corrupted"] = ioi.corrupted_value
     gt = make_task("greater_than", model, n=200, seed=seed)
     out["greater-than probability difference"] = gt.clean_value
+    out["greater-than probability difference, 01-corrupted"] = gt.corrupted_value
     for variant in ("simple", "pp", "rc_across", "rc_within"):
         task = make_task("sva", model, n=200, seed=seed, variant=variant)
         out[f"SVA {variant}: logit difference"] = task.clean_value
@@ -82,6 +84,7 @@ def card(model: HookedTransformer, info: dict, metrics: dict[str, float]) -> str
     cfg = model.cfg
     n_params = sum(p.numel() for p in model.parameters())
     rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in metrics.items())
+    mix, (low, high) = grammar.P_KIND, grammar.REPEAT_LENGTHS
     return f"""# toy-lm
 
 A small GPT-style transformer trained by `scripts/train_toy_lm.py` on the synthetic English of
@@ -90,10 +93,11 @@ induction can be studied offline on a CPU.
 
 ## Data
 Documents of {cfg.n_ctx} tokens (BOS + sentences, the last one cut) sampled from the grammar:
-IOI sentences (30%), greater-than year sentences (20%), subject-verb agreement with simple,
-prepositional-phrase and relative-clause structures (25%), repeated spans of 3-10 distinct
-words (12%) and filler sentences (13%). Word-level tokenizer ({cfg.d_vocab} tokens, lower case,
-years as two two-digit tokens). Fresh documents every step (no epochs).
+IOI sentences ({mix['ioi']:.0%}), greater-than year sentences ({mix['greater_than']:.0%}), subject-verb
+agreement with simple, prepositional-phrase and relative-clause structures ({mix['sva']:.0%}),
+repeated spans of {low}-{high} distinct words ({mix['repeat']:.0%}) and filler sentences ({mix['filler']:.0%}).
+Word-level tokenizer ({cfg.d_vocab} tokens, lower case, years as two two-digit tokens).
+Fresh documents every step (no epochs).
 
 ## Architecture
 {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads of d_head {cfg.d_head}, d_mlp {cfg.d_mlp},
@@ -106,6 +110,7 @@ steps then cosine decay, seed {info['seed']}. Final training loss (mean of the l
 of a shared 2-core machine.
 
 ## Held-out metrics (new seeds)
+Computed by `mi_course.tasks.make_task` (200 prompts each) on seeds never used in training.
 The grammar's entropy is the loss a perfect model would reach (exact per token, see
 `mi_course.grammar`).
 
@@ -117,7 +122,7 @@ The grammar's entropy is the loss a perfect model would reach (exact per token, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -132,6 +137,8 @@ def main() -> None:
     info_path = args.out / "training.json"
 
     if args.card_only:
+        if not info_path.is_file():
+            parser.error(f"--card-only needs {info_path}, written by a training run; train first (without --card-only).")
         model = load_from_directory(args.out)
         info = json.loads(info_path.read_text())
     else:

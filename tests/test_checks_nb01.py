@@ -180,5 +180,12 @@ def test_logit_diff_by_layer(example):
         running = residual.accumulated_resid(model, cache)[0]
         return (running * direction).sum(-1) + model.b_U[answers] - model.b_U[wrong_answers]
 
+    def own_scale(model, cache, answers, wrong_answers):
+        running = residual.accumulated_resid(model, cache)[0]
+        normed = model.ln_final(running)  # the logit lens proper: a fresh scale for every row
+        return (normed * (model.W_U[:, answers] - model.W_U[:, wrong_answers]).T).sum(-1) + model.b_U[answers] - model.b_U[wrong_answers]
+
     fails_with(nb01.check_logit_diff_by_layer, no_bias, *args, hint="unembedding bias")
+    fails_with(nb01.check_logit_diff_by_layer, own_scale, *args, hint="logit lens proper")
+    fails_with(nb01.check_logit_diff_by_layer, lambda **c: by_layer_other(**c)[1:], *args, hint="row 0")
     fails_with(nb01.check_logit_diff_by_layer, no_scale, *args, hint="forgot the final layer norm's scale")

@@ -113,7 +113,7 @@ def graded(course, tmp_path_factory) -> tuple[dict[str, dict], Path]:
         (folder / name).write_text(text)
     (folder / "empty_student").mkdir()
     out = tmp_path_factory.mktemp("grades")
-    grade.grade(folder, out, course, grade.Options(timeout_cell=10, timeout_notebook=120, memory_mb=3072), jobs=2, progress=False)
+    grade.grade(folder, out, course, grade.Options(timeout_cell=15, timeout_notebook=120, memory_mb=3072), jobs=2, progress=False)
     with (out / "gradebook.csv").open() as f:
         rows = {row["student"]: row for row in csv.DictReader(f)}
     return rows, out
@@ -258,8 +258,9 @@ def test_static_scan_flags_tampering_but_not_ordinary_code():
         ("f.__code__ = g.__code__", "__code__"),
         ("def checks():\n    pass", "redefines 'checks'"),
         ("import mi_course.checks.nb01 as checks", "redefines 'checks'"),
+        ("def globals():\n    return {}", "redefines 'globals'"),
     ]:
-        assert any(finding in line for line in integrity.scan(code, {"checks"}, {"checks"}, bindings)), code
+        assert any(finding in line for line in integrity.scan(code, {"checks"}, {"checks", "globals"}, bindings)), code
 
 
 def test_runtime_verifier_catches_patched_checks(monkeypatch):

@@ -178,3 +178,21 @@ def test_ablation_hooks(random_model):
         assert induction.repeat_loss(random_model, tokens, SEQ_LEN, hooks) != pytest.approx(clean, abs=1e-6)
     with pytest.raises(ValueError, match="needs `source`"):
         induction.ablation_hooks([(1, 0)], "resample")
+
+
+def test_single_token_ids(handwired):
+    assert induction.single_token_ids(handwired, ["A", "Z", "AB", "<bos>"]).tolist() == [1, 26]
+
+
+def test_toy_lm_has_induction_heads_on_its_repeat_words():
+    from mi_course import grammar
+
+    model = _zoo_model("toy-lm")
+    words = induction.single_token_ids(model, grammar.REPEAT_POOL)
+    tokens = induction.repeated_tokens(model, 10, n=16, seed=0, vocab=words)
+    scores = induction.head_scores(model, tokens, 10)
+    previous = induction.find_heads(scores["previous_token"], 0.4)
+    found = induction.find_heads(scores["induction"], 0.4)
+    assert previous and found and min(l for l, _ in previous) < max(l for l, _ in found)
+    loss = induction.per_token_loss(model, tokens)
+    assert loss[:, 12:].mean() < 0.5 * loss[:, 1:10].mean()

@@ -82,6 +82,22 @@ def test_other_architectures_equal_transformer_lens(setup, overrides, ours, peer
     assert result.std() > 1e-3
 
 
+def test_left_padded_prompts_equal_transformer_lens(setup):
+    """With an attention mask the run cannot skip the prompt's start; results must not change."""
+    from mi_course.models import word_level_tokenizer
+
+    _, clean, corrupted = setup
+    model = HookedTransformer(small_model().cfg, tokenizer=word_level_tokenizer([f"w{i}" for i in range(49)])).eval()
+    model.tokenizer.padding_side = "left"
+    clean, corrupted = clean.clone(), corrupted.clone()
+    clean[0, :2] = corrupted[0, :2] = model.tokenizer.pad_token_id
+    assert model.input_to_embed(clean)[3] is not None  # the padding mask is in use
+    _, cache = model.run_with_cache(clean)
+    expected = tlp.get_act_patch_attn_head_out_by_pos(model, corrupted, cache, logit_diff)
+    result = P.patch_head_out_by_pos(model, clean, corrupted, logit_diff, progress=False)
+    torch.testing.assert_close(result, expected, atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("per_pass", [1, 2, 7, None])
 def test_batching_does_not_change_results(setup, per_pass):
     model, clean, corrupted = setup
@@ -179,6 +195,10 @@ def test_bad_input_gets_clear_errors(setup):
         P.ablation_sweep(model, clean, logit_diff, "z", ("layer", "head"), mode="gaussian")
     with pytest.raises(ValueError, match="integer tensor"):
         P.patch_resid_pre(model, clean.float(), corrupted, logit_diff)
+    with pytest.raises(ValueError, match="patches_per_pass"):
+        P.patch_resid_pre(model, clean, corrupted, logit_diff, patches_per_pass=0)
+    with pytest.raises(ValueError, match="reference_tokens must have shape"):
+        P.ablation_sweep(model, clean, logit_diff, "z", ("layer", "head"), mode="mean", reference_tokens=clean[:, :3])
     attn_only = small_model(attn_only=True)
     with pytest.raises(ValueError, match="no hook 'blocks.0.hook_mlp_out'.*attention-only"):
         P.patch_mlp_out(attn_only, clean, corrupted, logit_diff)

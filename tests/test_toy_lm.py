@@ -35,6 +35,7 @@ def test_greater_than(model):
     task = make_task("greater_than", model, n=200, seed=HELD_OUT)
     print(f"greater-than probability difference {task.clean_value:.3f} (01-corrupted {task.corrupted_value:.3f})")
     assert task.clean_value >= 0.7
+    assert abs(task.corrupted_value) < 0.2  # start year 01: every year is later, none favoured over YY
 
 
 @pytest.mark.parametrize("variant", SVA_VARIANTS)
@@ -52,7 +53,7 @@ def test_subject_verb_agreement(model, variant):
 def test_induction(model):
     task = make_task("induction", model, n=100, seed=HELD_OUT)
     print(f"induction: log-prob on the repeat {task.clean_value:.3f}, corrupted first half {task.corrupted_value:.3f}")
-    assert task.clean_value > -0.3 and task.corrupted_value < task.clean_value - 2
+    assert task.clean_value > -0.2 and task.corrupted_value < task.clean_value - 3
 
 
 def test_held_out_loss_is_close_to_the_grammar_entropy(model):
@@ -62,7 +63,7 @@ def test_held_out_loss_is_close_to_the_grammar_entropy(model):
     entropy = data.entropy[:, 1:].mean().item()
     print(f"held-out loss {loss:.3f} nats/token, grammar entropy {entropy:.3f} nats/token")
     # A model cannot beat the entropy (beyond sampling noise): a loss below it means a bug in the labels.
-    assert entropy - 0.02 <= loss <= entropy + 0.1
+    assert entropy - 0.02 <= loss <= entropy + 0.05
 
 
 def test_weights_are_small_and_the_card_is_complete():

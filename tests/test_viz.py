@@ -93,7 +93,7 @@ def test_plots_return_figures():
     assert isinstance(viz.plot_per_token_loss({"model": torch.rand(4, 12)}, seq_len=6), Figure)
     assert isinstance(viz.plot_matrix(torch.randn(5, 5), "QK"), Figure)
     assert isinstance(viz.plot_attention(PATTERN[0], TOKENS), Figure)
-    assert isinstance(viz.plot_composition(0.3, torch.rand(5), torch.rand(50), "pair"), Figure)
+    assert isinstance(viz.plot_composition(torch.rand(2), torch.rand(5), torch.rand(50)), Figure)
 
 
 def test_explorer_updates_scores_and_switches_models():

@@ -125,7 +125,8 @@ def check_function(
             except Exception:
                 continue
         raise CheckFailed(exercise, f"{where} {hint}")
-    passed(exercise, f"{success} (the example and {len(cases) - 1} fresh random inputs).")
+    fresh = len(cases) - 1
+    passed(exercise, f"{success} (the example and {fresh} fresh random input{'s' if fresh != 1 else ''}).")
 
 
 def check_value(
