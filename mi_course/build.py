@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -244,6 +245,8 @@ def execute(path: Path, timeout: int = 600) -> None:
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    # Static attention views keep the committed notebooks small (see mi_course.viz).
+    os.environ.setdefault("MI_COURSE_VIZ", "static")
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     for cell in nb.cells:  # keep outputs deterministic: no timing metadata
         cell.get("metadata", {}).pop("execution", None)

@@ -230,8 +230,9 @@ def train_tuned_lens(
 ) -> tuple[TunedLens, list[float]]:
     """Fit a tuned lens on cached residuals (see `residual_stack`) by minimising KL(final || lens).
 
-    Adam on random minibatches of tokens; the model stays frozen. Returns the lens and the
-    loss (summed over layers) at every step.
+    Adam on random minibatches of tokens; the model stays frozen. Works under a global
+    ``torch.set_grad_enabled(False)`` too (notebooks often turn gradients off). Returns the
+    lens and the loss (summed over layers) at every step.
     """
     flat = _flatten(model, stack).detach()
     lens = TunedLens(model.cfg.n_layers, model.cfg.d_model)
@@ -244,14 +245,15 @@ def train_tuned_lens(
         p.requires_grad_(False)
     losses = []
     try:
-        for _ in tqdm(range(steps), desc="tuned lens", disable=not progress):
-            idx = torch.randint(0, flat.shape[1], (min(batch_size, flat.shape[1]),), generator=gen)
-            logits = decode(model, lens(flat[:, idx])[:-1])
-            loss = _kl_from_final(logits, final_logits[idx]).sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        with torch.enable_grad():
+            for _ in tqdm(range(steps), desc="tuned lens", disable=not progress):
+                idx = torch.randint(0, flat.shape[1], (min(batch_size, flat.shape[1]),), generator=gen)
+                logits = decode(model, lens(flat[:, idx])[:-1])
+                loss = _kl_from_final(logits, final_logits[idx]).sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)

@@ -274,11 +274,14 @@ def probe_intervention_hook(
     mode: str = "reflect",
     alpha: float = 1.0,
     positions: int | Sequence[int] | Int[Tensor, "batch"] | None = None,
+    strength: float = 1.0,
 ) -> Callable[..., Tensor]:
     """A hook that moves the residual along a probe direction at chosen positions (None: all).
 
     ``mode="reflect"``: mirror h in the probe's decision boundary w.h + b = 0, which flips the
-    sign of the probe's logit difference and keeps its size. ``mode="shift"``: add
+    sign of the probe's logit difference and keeps its size; with ``strength`` k, h lands k
+    times as far on the other side (logit difference multiplied by -k; 1: a true reflection,
+    larger: an exaggerated push, off the activations' natural range). ``mode="shift"``: add
     ``alpha`` times the unit vector w / |w|. ``positions`` may be one position, a list used
     for every prompt, or a tensor with one position per prompt.
     """
@@ -290,7 +293,7 @@ def probe_intervention_hook(
         if resid.shape[-1] != w.shape[0]:
             raise ValueError(f"the probe direction has {w.shape[0]} dimensions but the hooked activation has {resid.shape[-1]}.")
         if mode == "reflect":
-            change = -2 * ((resid @ w + offset) / w.dot(w))[..., None] * w
+            change = -(1 + strength) * ((resid @ w + offset) / w.dot(w))[..., None] * w
         else:
             change = (alpha * w / w.norm()).expand_as(resid)
         mask = torch.zeros(resid.shape[:2], dtype=resid.dtype, device=resid.device)

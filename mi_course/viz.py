@@ -8,9 +8,8 @@ of three modes:
 - ``"cdn"``: a few kilobytes of HTML that load CircuitsVis from unpkg.com (needs internet).
 - ``"static"``: a PNG heatmap per head drawn with matplotlib (small, shows anywhere).
 
-The default is ``$MI_COURSE_VIZ`` when set; otherwise ``"static"`` when a notebook runs in the
-course repository's ``solutions/`` folder (so that the committed solution notebooks stay
-small) and ``"inline"`` everywhere else. Token strings are HTML-escaped, because CircuitsVis
+The default is ``$MI_COURSE_VIZ`` when set, else ``"inline"``. `mi-course build --execute`
+sets ``MI_COURSE_VIZ=static`` so that the committed solution notebooks stay small. Token strings are HTML-escaped, because CircuitsVis
 inserts them as raw HTML (a ``<bos>`` token would otherwise vanish).
 """
 
@@ -21,7 +20,6 @@ import html
 import io
 import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,7 +39,10 @@ __all__ = [
     "plot_composition",
     "plot_dla",
     "plot_head_scores",
+    "plot_lens_curves",
+    "plot_offset_heatmap",
     "plot_matrix",
+    "plot_patching",
     "plot_per_token_loss",
     "plot_running_logit_diff",
 ]
@@ -50,15 +51,13 @@ MODES = ("inline", "cdn", "static")
 
 
 def default_mode() -> str:
-    """The attention-view mode: ``$MI_COURSE_VIZ``, else static in the repo's solutions/, else inline."""
+    """The attention-view mode: ``$MI_COURSE_VIZ``, else inline."""
     mode = os.environ.get("MI_COURSE_VIZ", "").strip().lower()
     if mode:
         if mode not in MODES:
             raise ValueError(f"MI_COURSE_VIZ={mode!r}; use one of {MODES}.")
         return mode
-    cwd = Path.cwd()
-    in_solutions = cwd.name == "solutions" and (cwd.parent / "mi_course" / "viz.py").is_file()
-    return "static" if in_solutions else "inline"
+    return "inline"
 
 
 def escape_tokens(tokens: Sequence[str]) -> list[str]:
@@ -382,5 +381,80 @@ def plot_running_logit_diff(values: Float[Tensor, "n"], labels: Sequence[str], f
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("logit difference")
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+
+def plot_patching(
+    results: Mapping[str, Float[Tensor, "layer x"]], xticks: Sequence[str] | None = None, xlabel: str = "position", title: str = ""
+) -> Figure:
+    """Activation-patching results: one annotated ``[layer, x]`` heatmap per entry, side by side.
+
+    x is a position or a head (``xticks`` labels it; default: its index). Colours are centred
+    on 0, one scale per panel: with a normalised metric, blue moves the metric towards clean.
+    """
+    grids = {name: _as_numpy(values) for name, values in results.items()}
+    cols = max(g.shape[1] for g in grids.values())
+    rows = max(g.shape[0] for g in grids.values())
+    stacked = cols * len(grids) > 24  # wide grids (positions) go one above the other
+    panel = (0.5 * cols + 1.5, 0.45 * max(rows, 2) + (1.4 if xticks is not None else 0.6))
+    n = len(grids)
+    fig = Figure(figsize=(1.0 + panel[0], 0.4 + panel[1] * n) if stacked else (1.0 + panel[0] * n, 0.6 + panel[1]))
+    for i, (name, grid) in enumerate(grids.items()):
+        ax = fig.add_subplot(n, 1, i + 1) if stacked else fig.add_subplot(1, n, i + 1)
+        labels = [str(j) for j in range(grid.shape[1])] if xticks is None else list(xticks)
+        _diverging_heatmap(ax, grid, name, labels, [f"L{l}" for l in range(grid.shape[0])])
+        ax.set_xlabel(xlabel)
+        ax.tick_params(axis="x", labelrotation=90 if max(map(len, labels)) > 2 else 0, labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lens_curves(
+    panels: Mapping[str, Mapping[str, Float[Tensor, "layer"]]], labels: Sequence[str], log: Sequence[str] = (), title: str = ""
+) -> Figure:
+    """Layer-by-layer curves: one panel per entry of ``panels`` (its y label), one line per series.
+
+    ``panels`` maps a y label to {series name: one value per entry of ``labels``}; panels
+    named in ``log`` use a logarithmic y axis (ranks, KL divergences).
+    """
+    fig = Figure(figsize=(3.6 * len(panels), 2.9))
+    for i, (ylabel, series) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for name, values in series.items():
+            ax.plot(range(len(labels)), _as_numpy(values), "o-", label=name)
+        if ylabel in log:
+            ax.set_yscale("log")
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_offset_heatmap(
+    values: Float[Tensor, "row offset"], offsets: Sequence[int], rows: Sequence[str], xlabel: str = "", title: str = "", diverging: bool = False
+) -> Figure:
+    """A heatmap of one value per row (layer or component) and offset, with a line at offset 0.5.
+
+    ``diverging`` centres a red-blue colour scale on 0 (for signed values such as centred logits).
+    """
+    data = _as_numpy(values)
+    offsets = list(offsets)
+    fig = Figure(figsize=(7.0, 0.8 + 0.42 * len(rows)))
+    ax = fig.add_subplot()
+    bound = float(np.nanmax(np.abs(data))) or 1.0
+    colours = dict(cmap="RdBu", vmin=-bound, vmax=bound) if diverging else dict(cmap="viridis")
+    image = ax.imshow(data, aspect="auto", extent=(offsets[0] - 0.5, offsets[-1] + 0.5, len(rows) - 0.5, -0.5), **colours)
+    ax.axvline(0.5, color="black" if diverging else "white", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
     fig.tight_layout()
     return fig

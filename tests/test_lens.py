@@ -216,3 +216,11 @@ def test_tuned_lens_beats_logit_lens_on_held_out_data(model):
     torch.testing.assert_close(kl["logit lens"], before)
     assert (kl["tuned lens"][:-1] < kl["logit lens"][:-1]).all()
     assert all(p.requires_grad for p in model.parameters())  # the model is left as it was
+
+
+def test_training_works_with_gradients_switched_off(model):
+    """Notebooks often call torch.set_grad_enabled(False); training must still learn."""
+    train = residual_stack(model, tokens(40, 12))
+    with torch.no_grad():
+        _, losses = train_tuned_lens(model, train, steps=30, lr=3e-3, progress=False)
+    assert losses[-1] < losses[0]

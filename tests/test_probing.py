@@ -181,3 +181,15 @@ def test_reflection_flips_the_probe_at_chosen_positions_only(model):
     with pytest.raises(ValueError, match="'reflect' or 'shift'"):
         probe_intervention_hook(w, mode="flip")
     assert isinstance(probe, LinearProbe)
+
+
+def test_reflection_strength_scales_the_probe_logit():
+    """strength k sends the probe's logit difference m to -k m; k = 1 is the plain reflection."""
+    gen = torch.Generator().manual_seed(6)
+    resid, w = torch.randn(4, 6, 32, generator=gen), torch.randn(32, generator=gen)
+    margin = resid @ w + 0.5
+    plain = probe_intervention_hook(w, 0.5, positions=2)(resid)
+    torch.testing.assert_close(plain, probe_intervention_hook(w, 0.5, positions=2, strength=1.0)(resid))
+    pushed = probe_intervention_hook(w, 0.5, positions=2, strength=10.0)(resid)
+    torch.testing.assert_close(pushed[:, 2] @ w + 0.5, -10 * margin[:, 2], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(pushed[:, [0, 1, 3, 4, 5]], resid[:, [0, 1, 3, 4, 5]])

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from mi_course.checks.core import CheckFailed, check_function, fresh_seed, passed
+from mi_course.induction import k_composition_score
 from mi_course.patching import ablate_head_hook, normalised_effect
 
 __all__ = [
@@ -125,15 +126,13 @@ def k_composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, W_Q: torch.Tensor
     """K-composition score of every (earlier head, later head) pair (Elhage et al. 2021).
 
     ``W_V``, ``W_O``: the earlier layer's ``[n_heads, d_model, d_head]`` and
-    ``[n_heads, d_head, d_model]``; ``W_Q``, ``W_K``: the later layer's. The score of a pair is
-    ``|W_OV @ W_QK.T|_F / (|W_OV|_F |W_QK|_F)`` with ``W_OV = W_V @ W_O`` and ``W_QK = W_Q @ W_K.T``.
+    ``[n_heads, d_head, d_model]``; ``W_Q``, ``W_K``: the later layer's. Each pair's score is
+    `mi_course.induction.k_composition_score` of ``W_QK = W_Q @ W_K.T`` and ``W_OV = W_V @ W_O``.
     Returns ``[n_heads_earlier, n_heads_later]``.
     """
     ov = W_V @ W_O
     qk = W_Q @ W_K.transpose(-1, -2)
-    product = ov[:, None] @ qk[None].transpose(-1, -2)
-    norms = ov.norm(dim=(-2, -1))[:, None] * qk.norm(dim=(-2, -1))[None, :]
-    return product.norm(dim=(-2, -1)) / norms
+    return torch.tensor([[k_composition_score(q, o) for q in qk] for o in ov])
 
 
 def _q_composition(W_V, W_O, W_Q, W_K):
