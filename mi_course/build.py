@@ -245,9 +245,15 @@ def execute(path: Path, timeout: int = 600) -> None:
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    # Static attention views keep the committed notebooks small (see mi_course.viz).
-    os.environ.setdefault("MI_COURSE_VIZ", "static")
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    # Static attention views keep the committed notebooks small (see mi_course.viz); the
+    # kernel inherits this process's environment, which is restored afterwards.
+    before = os.environ.get("MI_COURSE_VIZ")
+    os.environ["MI_COURSE_VIZ"] = before or "static"
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        if before is None:
+            del os.environ["MI_COURSE_VIZ"]
     for cell in nb.cells:  # keep outputs deterministic: no timing metadata
         cell.get("metadata", {}).pop("execution", None)
     path.write_text(_dump(nb))

@@ -9,8 +9,10 @@ of three modes:
 - ``"static"``: a PNG heatmap per head drawn with matplotlib (small, shows anywhere).
 
 The default is ``$MI_COURSE_VIZ`` when set, else ``"inline"``. `mi-course build --execute`
-sets ``MI_COURSE_VIZ=static`` so that the committed solution notebooks stay small. Token strings are HTML-escaped, because CircuitsVis
-inserts them as raw HTML (a ``<bos>`` token would otherwise vanish).
+sets ``MI_COURSE_VIZ=static`` so that the committed solution notebooks stay small. Token strings
+travel as JSON inside a ``<script>`` and React shows them as text, so they are not HTML-escaped
+(that would show ``&lt;bos&gt;``); only ``</``, which would end the script early, is written
+``<\\/`` (the same string in JavaScript). tests/test_browser.py checks this in Chromium.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 __all__ = [
+    "script_safe",
     "MODES",
     "AttentionExplorer",
     "AttentionView",
     "attention_view",
     "default_mode",
-    "escape_tokens",
     "figure_png",
     "plot_attention",
+    "plot_attribution_scatter",
     "plot_composition",
+    "plot_superposition",
+    "plot_curves",
     "plot_dla",
     "plot_head_scores",
     "plot_lens_curves",
@@ -60,9 +65,15 @@ def default_mode() -> str:
     return "inline"
 
 
-def escape_tokens(tokens: Sequence[str]) -> list[str]:
-    """Token strings made safe to insert as HTML (``<bos>`` becomes ``&lt;bos&gt;``)."""
-    return [html.escape(str(t)) for t in tokens]
+def script_safe(rendered: str) -> str:
+    """A CircuitsVis HTML string whose props cannot end their ``<script>`` early.
+
+    The props are the last argument of the last ``render(`` call; inside them every ``</`` (as
+    in a token ``"</script>"``) becomes ``<\\/``, which JavaScript reads as the same string.
+    """
+    head, call, rest = rendered.rpartition("render(")
+    props, close, tail = rest.rpartition("</script>")
+    return head + call + props.replace("</", "<\\/") + close + tail
 
 
 def figure_png(fig: Figure, dpi: int = 80) -> bytes:
@@ -111,10 +122,10 @@ class AttentionView:
             from circuitsvis.attention import attention_heads
 
             rendered = attention_heads(
-                attention=self.patterns.round(4), tokens=escape_tokens(self.tokens), attention_head_names=self.head_names
+                attention=self.patterns.round(4), tokens=[str(t) for t in self.tokens], attention_head_names=self.head_names
             )
             # Pick the source here: RenderedHTML would probe the internet at every display.
-            self.data["text/html"] = rendered.local_src if mode == "inline" else rendered.cdn_src
+            self.data["text/html"] = script_safe(rendered.local_src if mode == "inline" else rendered.cdn_src)
 
     def _png(self) -> bytes:
         n = len(self.head_names)
@@ -456,5 +467,93 @@ def plot_offset_heatmap(
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attribution_scatter(
+    panels: Mapping[str, tuple[Float[Tensor, "n"], Float[Tensor, "n"]]], labels: Sequence[str], n_labels: int = 3, title: str = ""
+) -> Figure:
+    """Estimate (y) against exact effect (x), one panel per entry, with the diagonal y = x.
+
+    ``panels`` maps a title to (exact, estimate); the ``n_labels`` points farthest from the
+    diagonal are labelled with ``labels``.
+    """
+    fig = Figure(figsize=(4.0 * len(panels), 4.0))
+    for i, (name, (exact, estimate)) in enumerate(panels.items()):
+        x, y = _as_numpy(exact).ravel(), _as_numpy(estimate).ravel()
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+        ax.plot([lo, hi], [lo, hi], color="0.7", linewidth=1, zorder=0)
+        ax.axhline(0, color="0.9", linewidth=0.8, zorder=0)
+        ax.axvline(0, color="0.9", linewidth=0.8, zorder=0)
+        ax.scatter(x, y, s=18)
+        for j in np.argsort(-np.abs(y - x))[:n_labels]:
+            ax.annotate(labels[j], (x[j], y[j]), fontsize=8, xytext=(3, 3), textcoords="offset points", color="C3")
+        ax.set_xlabel("exact patching")
+        ax.set_ylabel("attribution estimate")
+        ax.set_title(name, fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str = "",
+    ylabel: str = "",
+    hline: float | None = None,
+    title: str = "",
+    log_x: bool = False,
+) -> Figure:
+    """Line plots that share axes: ``curves`` maps a label to (x values, y values); a label
+    starting with "--" is drawn dashed (e.g. a tangent). ``hline`` draws a dotted reference level."""
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    for label, (xs, ys) in curves.items():
+        dashed = label.startswith("--")
+        ax.plot(list(xs), list(ys), "--" if dashed else "o-", markersize=3, label=label.removeprefix("--").strip())
+    if hline is not None:
+        ax.axhline(hline, color="0.5", linestyle=":", linewidth=1)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_superposition(W: Float[Tensor, "instance d_hidden n_features"], feature_probs: Sequence[float], title: str = "") -> Figure:
+    """A toy model of superposition per sparsity: W^T W as a heatmap (top) and each feature's norm (bottom).
+
+    Columns of ``W`` are the features' embeddings (as `mi_course.sae.train_toy_superposition`
+    returns them); one column of panels per entry of ``feature_probs``.
+    """
+    data = _as_numpy(W).astype(np.float64)
+    n = len(data)
+    fig = Figure(figsize=(2.3 * n, 4.6))
+    gram = np.einsum("ihf,ihg->ifg", data, data)
+    bound = float(np.abs(gram).max()) or 1.0
+    for i, p in enumerate(feature_probs):
+        ax = fig.add_subplot(2, n, i + 1)
+        ax.imshow(gram[i], cmap="RdBu_r", vmin=-bound, vmax=bound)
+        ax.set_title(f"p = {p:g} (sparsity {1 - p:g})", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i == 0:
+            ax.set_ylabel("$W^T W$", fontsize=8)
+        ax = fig.add_subplot(2, n, n + i + 1)
+        ax.bar(range(data.shape[2]), np.linalg.norm(data[i], axis=0), color="tab:blue")
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_ylim(0, 1.3)
+        ax.set_xlabel("feature (by importance)", fontsize=8)
+        if i == 0:
+            ax.set_ylabel("norm of $W_i$", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

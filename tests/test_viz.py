@@ -34,18 +34,21 @@ def _props(html: str) -> dict:
     return json.loads(re.search(r"CircuitsVis\.AttentionHeads,\s*(\{.*\})\s*\)", html, re.S)[1])
 
 
-def test_escape_tokens():
-    assert viz.escape_tokens(["<bos>", "a&b", ' "x"']) == ["&lt;bos&gt;", "a&amp;b", " &quot;x&quot;"]
+def test_script_safe_keeps_the_script_whole():
+    html = '<div/><script>lib("</script>");\nrender("id", X, {"tokens": ["</script>", "<bos>"]})\n</script>'
+    safe = viz.script_safe(html)
+    assert safe.count("</script>") == 2  # the library's own text is left alone; the props no longer close the tag
+    assert '["<\\/script>", "<bos>"]' in safe and safe.endswith("</script>")
 
 
-def test_inline_view_carries_the_bundle_and_escaped_tokens():
+def test_inline_view_carries_the_bundle_and_the_tokens_as_text():
     view = viz.attention_view(TOKENS, PATTERN, ["L0H0", "L0H1"], mode="inline")
     bundle = view._repr_mimebundle_()
     html = bundle["text/html"]
     assert len(html) > 1_000_000  # the JavaScript bundle is inlined: shows offline
     assert "unpkg.com" not in html
     props = _props(html)
-    assert props["tokens"] == ["&lt;bos&gt;", "A", "$B", "&lt;script&gt;", "A", "$B"]
+    assert props["tokens"] == TOKENS  # shown as text by React: no HTML escaping
     assert props["attentionHeadNames"] == ["L0H0", "L0H1"]
     assert torch.allclose(torch.tensor(props["attention"]), PATTERN, atol=1e-4)
     assert view._repr_mimebundle_() is bundle  # rendered once, not at every display
@@ -54,7 +57,7 @@ def test_inline_view_carries_the_bundle_and_escaped_tokens():
 def test_cdn_view_is_small():
     html = viz.attention_view(TOKENS, PATTERN, mode="cdn")._repr_mimebundle_()["text/html"]
     assert "unpkg.com/circuitsvis" in html and len(html) < 20_000
-    assert _props_cdn(html)["tokens"][0] == "&lt;bos&gt;"
+    assert _props_cdn(html)["tokens"][0] == "<bos>"
 
 
 def _props_cdn(html: str) -> dict:
@@ -92,6 +95,8 @@ def test_plots_return_figures():
     assert isinstance(viz.plot_matrix(torch.randn(5, 5), "QK"), Figure)
     assert isinstance(viz.plot_attention(PATTERN[0], TOKENS), Figure)
     assert isinstance(viz.plot_composition(torch.rand(2), torch.rand(5), torch.rand(50)), Figure)
+    assert isinstance(viz.plot_attribution_scatter({"a": (torch.randn(6), torch.randn(6))}, list("abcdef")), Figure)
+    assert isinstance(viz.plot_curves({"x": ([1, 2], [0.1, 0.9]), "-- y": ([1, 2], [0.0, 1.0])}, hline=0.8), Figure)
 
 
 def test_explorer_updates_scores_and_switches_models():
