@@ -101,8 +101,8 @@ def test_missing_folder_or_file_says_how_to_get_it_back(saved, tmp_path):
         load_from_directory(directory)
 
 
-@pytest.mark.skipif((ZOO / "toy-lm").exists(), reason="toy-lm is shipped")
-def test_a_zoo_model_not_built_yet_gives_the_missing_weights_error():
+def test_a_zoo_model_not_built_yet_gives_the_missing_weights_error(monkeypatch, tmp_path):
+    monkeypatch.setattr("mi_course.models.ZOO", tmp_path)  # a checkout whose zoo is not built
     with pytest.raises(MissingWeightsError, match=r"train_toy_lm\.py"):
         load_model("toy-lm")
 
