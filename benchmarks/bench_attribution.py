@@ -17,12 +17,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mi_course import attribution as A
 from mi_course import patching as P
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a file, or by runpy in the tests
+from setups import toy_lm_ioi  # noqa: E402
 
 
 def random_setup(n_layers: int, seed: int = 0, batch: int = 8, pos: int = 12, d_model: int = 64):
@@ -42,20 +46,6 @@ def random_setup(n_layers: int, seed: int = 0, batch: int = 8, pos: int = 12, d_
     return model, clean, corrupted, metric, f"random {n_layers}-layer (d_model {d_model}, 4 heads)"
 
 
-def toy_lm_setup(batch: int):
-    """toy-lm on IOI prompts, or None when the model or the task is not available yet."""
-    try:
-        from mi_course import load_model
-        from mi_course.tasks import make_task
-
-        model = load_model("toy-lm")
-        task = make_task("ioi", model, n=batch, seed=0)
-    except Exception as error:  # the zoo model is trained by another part of the project
-        print(f"(toy-lm / IOI not available: {type(error).__name__}: {error})")
-        return None
-    return model, task.clean_tokens, task.corrupted_tokens, task.metric, f"toy-lm IOI ({model.cfg.n_layers} layers)"
-
-
 def timed(fn):
     start = time.perf_counter()
     result = fn()
@@ -72,7 +62,7 @@ def main() -> int:
         setups = [random_setup(n, d_model=32, batch=4, pos=8) for n in (1, 2)]
     else:
         setups = [random_setup(n) for n in (1, 2, 3, 4)]
-        setups += [s for s in [toy_lm_setup(16)] if s is not None]
+        setups.append(toy_lm_ioi(16))
     print("1 torch thread; times in seconds; speed-up = exact edge patching time / EAP time")
     curves = []
     print("Spearman and top-20 overlap against exact edge patching: EAP / EAP-IG(5)")

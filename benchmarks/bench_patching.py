@@ -1,6 +1,6 @@
 """Time mi_course.patching against transformer_lens.patching on the same sweeps, in one run.
 
-    python benchmarks/bench_patching.py           # full: toy-lm on IOI (or a random model of its size)
+    python benchmarks/bench_patching.py           # full: toy-lm on IOI
     python benchmarks/bench_patching.py --quick   # a few seconds, for CI
 
 Each sweep runs both implementations on the same inputs, checks that they agree to 1e-4 and
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from collections.abc import Callable
 
 import torch
@@ -21,6 +22,9 @@ import transformer_lens.patching as tlp
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mi_course import patching as P
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a file, or by runpy in the tests
+from setups import toy_lm_ioi  # noqa: E402
 
 
 def random_setup(n_layers: int, d_model: int, n_heads: int, d_mlp: int, d_vocab: int, batch: int, pos: int, seed: int = 0):
@@ -42,21 +46,6 @@ def random_setup(n_layers: int, d_model: int, n_heads: int, d_mlp: int, d_vocab:
     return model, clean, corrupted, metric, desc
 
 
-def toy_lm_setup(batch: int):
-    """toy-lm on IOI prompts, or None when the model or the task is not available yet."""
-    try:
-        from mi_course import load_model
-        from mi_course.tasks import make_task
-
-        model = load_model("toy-lm")
-        task = make_task("ioi", model, n=batch, seed=0)
-    except Exception as error:  # the zoo model is trained by another part of the project
-        print(f"toy-lm / IOI not available ({type(error).__name__}: {error}); using a random model of its size")
-        return None
-    desc = f"toy-lm ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {model.cfg.n_heads} heads) on IOI, batch {batch}, {task.clean_tokens.shape[1]} positions"
-    return model, task.clean_tokens, task.corrupted_tokens, task.metric, desc
-
-
 def best_time(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
     times, result = [], None
     for _ in range(repeats):
@@ -75,7 +64,7 @@ def main() -> int:
     if args.quick:
         setup, repeats = random_setup(2, 32, 4, 64, 50, batch=8, pos=10), 1
     else:
-        setup, repeats = toy_lm_setup(16) or random_setup(4, 128, 4, 512, 1000, batch=16, pos=20), 3
+        setup, repeats = toy_lm_ioi(16), 3
     model, clean, corrupted, metric, desc = setup
     print(f"setup: {desc}; best of {repeats}; 1 torch thread")
     sweeps = [

@@ -17,7 +17,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 
 from mi_course import lens, residual
-from mi_course.checks.core import check_function, fresh_seed
+from mi_course.checks.core import fresh_seed
 from mi_course.checks.nb01 import _check, random_model
 
 __all__ = ["check_answer_rank", "check_head_logits", "check_kl_final_to_lens", "check_logit_lens_layer", "random_case"]
