@@ -20,20 +20,35 @@ run, so a corrupted edge upstream still reaches the logits through kept edges (a
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
+
+from mi_course.patching import Metric, metric_value
 
 __all__ = [
     "Circuit",
     "Edge",
+    "GreedySearch",
+    "Knockout",
+    "PatchedMetric",
+    "acdc",
+    "acdc_order",
+    "completeness",
+    "edge_drops",
     "edge_patching_hooks",
     "faithfulness",
+    "greedy_prune",
+    "knock_out",
+    "knockout",
+    "minimality",
     "graph",
     "receiver_node",
     "run_with_edges_patched",
@@ -127,8 +142,14 @@ class Circuit:
 def senders(model: HookedTransformer) -> list[str]:
     """The sender nodes in forward order: embed, then each layer's heads and its MLP."""
     cfg = model.cfg
-    if cfg.parallel_attn_mlp:
-        raise ValueError("Models with parallel attention and MLP (GPT-J style) are not supported by mi_course.circuits.")
+    unsupported = {
+        "parallel attention and MLP (GPT-J style)": cfg.parallel_attn_mlp,
+        "shortformer positions": cfg.positional_embedding_type == "shortformer",
+        "grouped-query attention": cfg.n_key_value_heads not in (None, cfg.n_heads),
+    }
+    for what, present in unsupported.items():
+        if present:
+            raise ValueError(f"Models with {what} are not supported by mi_course.circuits.")
     names = ["embed"]
     for layer in range(cfg.n_layers):
         names += [f"L{layer}H{head}" for head in range(cfg.n_heads)]
@@ -161,19 +182,18 @@ def graph(model: HookedTransformer) -> Circuit:
 
 @contextmanager
 def edge_patching_hooks(model: HookedTransformer) -> Iterator[None]:
-    """Temporarily switch on the per-head q/k/v inputs, per-head results and MLP inputs as hooks.
+    """Temporarily switch on the per-head q/k/v inputs and the MLP inputs as hooks.
 
     The config flags are restored on exit, so the model behaves as before for the caller.
     """
     cfg = model.cfg
-    saved = (cfg.use_split_qkv_input, cfg.use_attn_result, cfg.use_hook_mlp_in)
+    saved = (cfg.use_split_qkv_input, cfg.use_hook_mlp_in)
     cfg.use_split_qkv_input = True
-    cfg.use_attn_result = True
     cfg.use_hook_mlp_in = not cfg.attn_only
     try:
         yield
     finally:
-        cfg.use_split_qkv_input, cfg.use_attn_result, cfg.use_hook_mlp_in = saved
+        cfg.use_split_qkv_input, cfg.use_hook_mlp_in = saved
 
 
 def _output_hooks(model: HookedTransformer, outputs: list[Tensor]) -> list[tuple[str, Callable]]:
@@ -196,14 +216,17 @@ def _output_hooks(model: HookedTransformer, outputs: list[Tensor]) -> list[tuple
 
         hooks.append(("hook_embed", token_only))
 
-    def head_results(act: Float[Tensor, "batch pos head d_model"], hook) -> None:
-        outputs.extend(act.unbind(dim=2))
+    def head_results(z: Float[Tensor, "batch pos head d_head"], hook) -> None:
+        # Each head's output z_h W_O[h] (TransformerLens's hook_result, computed as one batched
+        # matmul instead of its memory-hungry broadcast product).
+        W_O = model.blocks[int(hook.name.split(".")[1])].attn.W_O
+        outputs.extend(torch.einsum("bphd,hdm->hbpm", z, W_O).unbind(dim=0))
 
     def mlp_out(act: Float[Tensor, "batch pos d_model"], hook) -> None:
         outputs.append(act)
 
     for layer in range(model.cfg.n_layers):
-        hooks.append((f"blocks.{layer}.attn.hook_result", head_results))
+        hooks.append((f"blocks.{layer}.attn.hook_z", head_results))
         if not model.cfg.attn_only:
             hooks.append((f"blocks.{layer}.hook_mlp_out", mlp_out))
     return hooks
@@ -267,21 +290,66 @@ def run_with_edges_patched(
             f"{(n_senders, *clean_tokens.shape, model.cfg.d_model)} (senders, batch, pos, d_model)."
         )
     masks = {name: m.to(corrupted_outputs) for name, m in _patch_matrices(model, edges).items()}
+    return _run_patched(model, clean_tokens, masks, corrupted_outputs)
+
+
+def _layer(receiver: str, n_layers: int) -> int:
+    """The block whose forward pass reads `receiver` (the logits read the last block's output)."""
+    node = receiver_node(receiver)
+    if node == "logits":
+        return n_layers - 1
+    return int((_HEAD.fullmatch(node) or _MLP.fullmatch(node))[1])
+
+
+def _run_patched(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    masks: dict[str, Tensor],
+    corrupted_outputs: Float[Tensor, "sender batch pos d_model"],
+    start: tuple[int, Tensor, Tensor] | None = None,
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """The patched forward pass. `start = (layer, resid_pre, outputs)` begins at block `layer`
+    from its residual input, with `outputs` the senders' outputs before it (valid only when no
+    receiver before that block is patched, so that everything before it is unchanged)."""
     outputs: list[Tensor] = []  # sender outputs of this run, appended as they are computed
+    start_layer = 0
+    if start is not None:
+        start_layer, resid, before = start
+        if any(_layer(name, model.cfg.n_layers) < start_layer for name in masks):
+            raise ValueError(f"cannot start at block {start_layer}: a receiver before it is patched.")
+        outputs += before.unbind(0)
+    deltas = torch.empty_like(corrupted_outputs)  # corrupted - this run's output, per sender, filled as they run
+    filled = 0
 
     def correction(mask: Float[Tensor, "sender ..."]) -> Float[Tensor, "batch pos ..."]:
         """Sum over senders of mask * (corrupted output - output in this run)."""
+        nonlocal filled
         n = mask.shape[0]
-        delta = corrupted_outputs[:n] - torch.stack(outputs[:n])
-        return torch.einsum("sbpd,s...->bp...d", delta, mask)
+        for i in range(filled, n):
+            deltas[i] = corrupted_outputs[i] - outputs[i]
+        filled = max(filled, n)
+        return torch.einsum("sbpd,s...->bp...d", deltas[:n], mask)
+
+    resid_pre: dict[int, Tensor] = {}
+
+    def record_resid(act: Float[Tensor, "batch pos d_model"], hook) -> None:
+        resid_pre[int(hook.name.split(".")[1])] = act
 
     def patch_heads(kind: str, layer: int) -> Callable:
-        names = [f"L{layer}H{head}.{kind}" for head in range(model.cfg.n_heads)]
+        """Recompute q, k or v of the heads whose input is patched, from their own input.
 
-        def hook(act: Float[Tensor, "batch pos head d_model"], hook) -> Tensor:
-            n = next(masks[name].shape[0] for name in names if name in masks)
-            mask = torch.stack([masks.get(name, torch.zeros(n).to(act)) for name in names], dim=1)
-            return act + correction(mask)
+        Only those heads get a separate copy of the residual stream, which is much cheaper than
+        TransformerLens's use_split_qkv_input (a copy for every head of every layer)."""
+        heads = [h for h in range(model.cfg.n_heads) if f"L{layer}H{h}.{kind}" in masks]
+        block = model.blocks[layer]
+        W = getattr(block.attn, f"W_{kind.upper()}")[heads]
+        b = getattr(block.attn, f"b_{kind.upper()}")[heads]
+        mask = torch.stack([masks[f"L{layer}H{h}.{kind}"] for h in heads], dim=1)
+
+        def hook(act: Float[Tensor, "batch pos head d_head"], hook) -> Tensor:
+            head_input = resid_pre[layer][:, :, None, :] + correction(mask)
+            act[:, :, heads] = torch.einsum("bphm,hmd->bphd", block.ln1(head_input), W) + b
+            return act
 
         return hook
 
@@ -293,15 +361,67 @@ def run_with_edges_patched(
 
     hooks = _output_hooks(model, outputs)
     for layer in range(model.cfg.n_layers):
-        for kind in "qkv":
-            if any(f"L{layer}H{head}.{kind}" in masks for head in range(model.cfg.n_heads)):
-                hooks.append((f"blocks.{layer}.hook_{kind}_input", patch_heads(kind, layer)))
+        patched = [kind for kind in "qkv" if any(f"L{layer}H{head}.{kind}" in masks for head in range(model.cfg.n_heads))]
+        if patched:
+            hooks.append((f"blocks.{layer}.hook_resid_pre", record_resid))
+        hooks += [(f"blocks.{layer}.attn.hook_{kind}", patch_heads(kind, layer)) for kind in patched]
         if f"MLP{layer}" in masks:
             hooks.append((f"blocks.{layer}.hook_mlp_in", patch_one(f"MLP{layer}")))
     if "logits" in masks:
         hooks.append((f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", patch_one("logits")))
-    with edge_patching_hooks(model):
-        return model.run_with_hooks(clean_tokens, fwd_hooks=hooks)
+    cfg = model.cfg
+    saved = cfg.use_hook_mlp_in
+    cfg.use_hook_mlp_in = not cfg.attn_only
+    try:
+        if start is None:
+            return model.run_with_hooks(tokens, fwd_hooks=hooks)
+        return model.run_with_hooks(resid, start_at_layer=start_layer, fwd_hooks=hooks)
+    finally:
+        cfg.use_hook_mlp_in = saved
+
+
+class PatchedMetric:
+    """The normalised metric (clean model = 1, corrupted model = 0) of the model with a set of
+    edges patched: ``score(edges)``. It reuses one corrupted run for every call, and starts each patched run at
+    the first block that reads a patched edge (the blocks before it compute the clean run)."""
+
+    def __init__(self, model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Metric):
+        _check_tokens(model, clean_tokens, corrupted_tokens)
+        self.model, self.clean_tokens, self.metric = model, clean_tokens, metric
+        self.edges = graph(model).edges
+        self.calls = 0
+        n_layers = model.cfg.n_layers
+        with torch.no_grad():
+            self.corrupted_outputs = sender_outputs(model, corrupted_tokens)
+            self.clean_outputs = sender_outputs(model, clean_tokens)
+            clean_logits, cache = model.run_with_cache(clean_tokens, names_filter=lambda name: name.endswith("hook_resid_pre"))
+            self.clean = float(metric_value(metric, clean_logits))
+            self.corrupted = float(metric_value(metric, model(corrupted_tokens)))
+        self.resid_pre = [cache[f"blocks.{layer}.hook_resid_pre"] for layer in range(n_layers)]
+        per_layer = model.cfg.n_heads + (0 if model.cfg.attn_only else 1)
+        self.senders_before = [1 + layer * per_layer for layer in range(n_layers)]
+        if abs(self.clean - self.corrupted) < 1e-8:
+            raise ValueError(
+                f"the metric is the same on clean and corrupted prompts ({self.clean:.4g}), so it cannot be normalised; "
+                "choose a corruption that changes the model's answer."
+            )
+
+    def check(self, circuit: Circuit) -> None:
+        """Raise a clear error if `circuit` has edges that the model does not have."""
+        unknown = circuit.edges - self.edges
+        if unknown:
+            raise ValueError(f"the circuit has edges that are not in the model's graph: {sorted(unknown)[:5]}.")
+
+    def __call__(self, patched: Iterable[Edge]) -> float:
+        """Normalised metric with the edges `patched` to corrupted and every other edge clean."""
+        self.calls += 1
+        masks = {name: m.to(self.corrupted_outputs) for name, m in _patch_matrices(self.model, patched).items()}
+        n_layers = self.model.cfg.n_layers
+        layer = min((_layer(name, n_layers) for name in masks), default=n_layers - 1)
+        start = (layer, self.resid_pre[layer], self.clean_outputs[: self.senders_before[layer]])
+        with torch.no_grad():
+            logits = _run_patched(self.model, self.clean_tokens, masks, self.corrupted_outputs, start)
+        return (float(metric_value(self.metric, logits)) - self.corrupted) / (self.clean - self.corrupted)
 
 
 def faithfulness(
@@ -309,29 +429,194 @@ def faithfulness(
     circuit: Circuit,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
-    metric: Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, ""]],
+    metric: Metric,
 ) -> float:
     """The metric with every edge outside `circuit` patched to corrupted, normalised so that the
     clean model scores 1 and the corrupted model 0."""
-    _check_tokens(model, clean_tokens, corrupted_tokens)
-    full = graph(model)
-    unknown = circuit.edges - full.edges
-    if unknown:
-        raise ValueError(f"the circuit has edges that are not in the model's graph: {sorted(unknown)[:5]}.")
+    score = PatchedMetric(model, clean_tokens, corrupted_tokens, metric)
+    score.check(circuit)
+    return score(score.edges - circuit.edges)
 
-    def score(logits: Tensor) -> float:
-        value = metric(logits)
-        if isinstance(value, Tensor) and value.numel() != 1:
-            raise ValueError(f"metric must return a scalar (e.g. a mean over the batch), got shape {tuple(value.shape)}.")
-        return float(value)
 
-    with torch.no_grad():
-        clean = score(model(clean_tokens))
-        corrupted = score(model(corrupted_tokens))
-        patched = score(run_with_edges_patched(model, clean_tokens, corrupted_tokens, full.edges - circuit.edges))
-    if abs(clean - corrupted) < 1e-8:
-        raise ValueError(
-            f"the metric is the same on clean and corrupted prompts ({clean:.4g}), so it cannot be normalised; "
-            "choose a corruption that changes the model's answer."
-        )
-    return (patched - corrupted) / (clean - corrupted)
+Score = Callable[[frozenset[Edge]], float]
+
+
+def edge_drops(circuit: frozenset[Edge], edges: frozenset[Edge], score: Score) -> dict[Edge, float]:
+    """For each edge of `circuit`, F(C) - F(C without the edge), where F(C) = score(edges - C)
+    scores the circuit (every other edge of the graph `edges` patched)."""
+    circuit, edges = frozenset(circuit), frozenset(edges)
+    base = score(edges - circuit)
+    return {edge: base - score(edges - circuit | {edge}) for edge in circuit}
+
+
+def minimality(
+    model: HookedTransformer,
+    circuit: Circuit,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+) -> dict[Edge, float]:
+    """For each edge of `circuit`, how much its faithfulness drops when that edge alone is removed.
+
+    A circuit is minimal when every edge matters: no value here is close to 0. (Wang et al.
+    2023 also remove helper sets with the edge; this is the single-edge version.) A negative
+    value means the circuit does better without the edge.
+    """
+    score = PatchedMetric(model, clean_tokens, corrupted_tokens, metric)
+    score.check(circuit)
+    return dict(sorted(edge_drops(circuit.edges, score.edges, score).items()))
+
+
+def knock_out(nodes: Iterable[str], edges: Iterable[Edge]) -> frozenset[Edge]:
+    """The edges to patch to knock `nodes` out: every edge they send."""
+    nodes = set(nodes)
+    return frozenset(e for e in edges if e.sender in nodes)
+
+
+@dataclass(frozen=True)
+class Knockout:
+    """One completeness test: the nodes K knocked out, and the faithfulness F(C \\ K) of the
+    circuit and F(M \\ K) of the full model without them."""
+
+    nodes: frozenset[str]
+    circuit: float
+    model: float
+
+    @property
+    def gap(self) -> float:
+        """Wang et al.'s incompleteness score |F(C \\ K) - F(M \\ K)|: small for a complete circuit."""
+        return abs(self.circuit - self.model)
+
+
+def knockout(circuit: frozenset[Edge], edges: frozenset[Edge], nodes: Iterable[str], score: Score) -> Knockout:
+    """Knock `nodes` out of the circuit and out of the full graph `edges`, and score both."""
+    nodes = frozenset(nodes)
+    removed = knock_out(nodes, edges)
+    return Knockout(nodes, circuit=score(frozenset(edges) - frozenset(circuit) | removed), model=score(removed))
+
+
+def completeness(
+    model: HookedTransformer,
+    circuit: Circuit,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    knockouts: Iterable[Iterable[str]] | None = None,
+    *,
+    n_random: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[Knockout]:
+    """Knock the same nodes out of the circuit and out of the full model, and compare.
+
+    A circuit that misses a component (say a backup head that takes over when the main one is
+    knocked out) behaves differently from the model once the main one is gone: a large gap
+    (Wang et al. 2023). `knockouts` defaults to the empty set (whose gap is 1 - faithfulness),
+    each node of the circuit alone, and `n_random` random subsets of its nodes.
+    """
+    score = PatchedMetric(model, clean_tokens, corrupted_tokens, metric)
+    score.check(circuit)
+    if knockouts is None:
+        nodes = sorted(circuit.nodes - {"logits"}, key=_sort_key)
+        rng = random.Random(seed)
+        knockouts = [set()] + [{n} for n in nodes] + [set(rng.sample(nodes, rng.randint(1, len(nodes)))) for _ in range(n_random if nodes else 0)]
+    knockouts = [frozenset(k) for k in knockouts]
+    valid = set(senders(model))
+    for k in knockouts:
+        if not k <= valid:
+            raise ValueError(f"cannot knock out {sorted(k - valid)}: not sender nodes of this model (see senders(model)).")
+    return [knockout(circuit.edges, score.edges, k, score) for k in tqdm(knockouts, desc="completeness", disable=not progress)]
+
+
+def greedy_prune(
+    edges: Sequence[Edge],
+    score: Score,
+    threshold: float,
+    *,
+    skip: Callable[[Edge, frozenset[Edge]], bool] | None = None,
+) -> tuple[frozenset[Edge], dict[Edge, float]]:
+    """The greedy step of ACDC: try removing each edge in turn, and keep it removed when the
+    score moves by less than `threshold`.
+
+    `score(removed)` scores the model with the edges `removed` patched. Each edge is compared
+    with the current score (after the removals so far), not with the full model's. Edges for
+    which `skip(edge, removed)` is true are removed without a test. Returns the removed edges
+    and, for each tested edge, the score change its removal caused.
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}.")
+    removed: frozenset[Edge] = frozenset()
+    current = score(removed)
+    changes: dict[Edge, float] = {}
+    for edge in edges:
+        if skip is not None and skip(edge, removed):
+            removed |= {edge}
+            continue
+        trial = score(removed | {edge})
+        changes[edge] = trial - current
+        if abs(trial - current) < threshold:
+            removed, current = removed | {edge}, trial
+    return removed, changes
+
+
+def acdc_order(model: HookedTransformer) -> list[Edge]:
+    """Every edge in the order ACDC visits them: receiver inputs from the logits backwards, and
+    the edges into each from the latest sender back."""
+    names = senders(model)
+    return [Edge(s, r) for r, n in reversed(_receivers(model)) for s in reversed(names[:n])]
+
+
+@dataclass(frozen=True)
+class GreedySearch:
+    """What `acdc` found: the circuit, its faithfulness, the score change each tested edge caused
+    when it was tried, and the number of forward passes it took."""
+
+    circuit: Circuit
+    faithfulness: float
+    changes: dict[Edge, float] = field(repr=False)
+    forward_passes: int
+    threshold: float
+
+
+def acdc(
+    model: HookedTransformer,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    threshold: float,
+    *,
+    progress: bool = True,
+) -> GreedySearch:
+    """Find a circuit greedily, in the spirit of ACDC (Conmy et al. 2023).
+
+    Start from the full graph and visit the edges in `acdc_order`; remove an edge when that
+    moves the normalised metric (clean = 1, corrupted = 0) by less than `threshold`. Edges into
+    a node that no longer feeds anything are removed without a test (they cannot matter).
+    Finally drop the edges out of nodes that have no inputs left: such a node sends its
+    corrupted output either way. One forward pass per tested edge.
+
+    The original uses the KL divergence to the clean output as its default metric; any scalar
+    metric works here. Removal uses the absolute change, so edges whose removal raises the
+    metric (negative components) are kept too.
+    """
+    score = PatchedMetric(model, clean_tokens, corrupted_tokens, metric)
+    edges = acdc_order(model)
+    with tqdm(total=len(edges) + 1, desc="ACDC", unit="edge", disable=not progress) as bar:
+
+        def evaluate(removed: frozenset[Edge]) -> float:
+            bar.update(1)
+            return score(removed)
+
+        def unused(edge: Edge, removed: frozenset[Edge]) -> bool:
+            node = receiver_node(edge.receiver)
+            if node == "logits" or any(e.sender == node and e not in removed for e in score.edges):
+                return False
+            bar.update(1)
+            return True
+
+        removed, changes = greedy_prune(edges, evaluate, threshold, skip=unused)
+    kept = set(score.edges - removed)
+    while dangling := {e for e in kept if e.sender != "embed" and not any(receiver_node(k.receiver) == e.sender for k in kept)}:
+        kept -= dangling
+    circuit, passes = Circuit.from_edges(kept), score.calls
+    return GreedySearch(circuit, score(score.edges - circuit.edges), changes, passes, threshold)

@@ -118,8 +118,12 @@ def build_handwired() -> HookedTransformer:
 def ground_truth() -> Circuit:
     """The exact circuit of the induction behaviour, for the induction task's corruption.
 
-    The task's clean and corrupted prompts are both a random letter sequence followed by its
-    repeat (different letters, same length), so they differ in tokens, not in positions.
+    Valid when clean and corrupted prompts are both a random letter sequence followed by its
+    repeat (different letters, same length), so that they differ in tokens, not in positions:
+    for example the clean prompts of ``make_task("induction", model, seed=0)`` against those of
+    ``seed=1``. (The induction task's own corruption changes only the first half, so the
+    current token, and with it embed -> L1H0.q, is the same in both runs and patching cannot
+    see that edge.)
     """
     edges = [
         Edge("embed", "L0H0.v"),  # the previous-token head moves each token one position on

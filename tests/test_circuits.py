@@ -9,13 +9,22 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from mi_course.circuits import (
     Circuit,
     Edge,
+    PatchedMetric,
+    acdc,
+    acdc_order,
+    completeness,
     faithfulness,
     graph,
+    greedy_prune,
+    knock_out,
+    minimality,
+    receiver_node,
     run_with_edges_patched,
     sender_outputs,
     senders,
 )
-from mi_course.models import load_model
+from mi_course.models import ground_truth, load_model
+from mi_course.tasks import make_task
 
 torch.set_num_threads(1)
 L, H = 2, 3
@@ -200,3 +209,139 @@ def test_circuit_helpers():
     assert list(circuit) == [Edge("embed", "L0H0.v"), Edge("L0H0", "L1H0.k")]
     assert repr(circuit) == "Circuit(3 nodes, 2 edges: embed->L0H0.v, L0H0->L1H0.k)"
     assert circuit.describe().splitlines()[1:] == ["    embed -> L0H0.v", "     L0H0 -> L1H0.k", "     L1H0"]
+
+
+# --- circuit finding and evaluation -------------------------------------------------------------
+
+
+def last_logit(logits):
+    return logits[:, -1, 3].mean()
+
+
+def test_patched_metric_starts_late_without_changing_the_result(model, tokens):
+    """PatchedMetric starts each run at the first block that reads a patched edge; the result
+    must equal a full patched forward pass."""
+    clean, corrupted = tokens
+    score = PatchedMetric(model, clean, corrupted, last_logit)
+    for edges in ([], [Edge("L0H2", "L1H1.v")], [Edge("MLP1", "logits"), Edge("embed", "MLP1")], list(graph(model).edges)[:20]):
+        with torch.no_grad():
+            full = float(last_logit(run_with_edges_patched(model, clean, corrupted, edges)))
+        assert score(edges) == pytest.approx((full - score.corrupted) / (score.clean - score.corrupted), abs=1e-5)
+
+
+def test_acdc_order_goes_from_the_logits_backwards(model):
+    order = acdc_order(model)
+    assert sorted(order) == sorted(graph(model).edges) and len(set(order)) == len(order)
+    assert order[0] == Edge("MLP1", "logits") and order[-1] == Edge("embed", "L0H0.q")
+    position = {edge: i for i, edge in enumerate(order)}
+    # Every edge into a node comes after every edge out of it: a node's outputs are settled first.
+    for edge in order:
+        node = receiver_node(edge.receiver)
+        assert all(position[out] < position[edge] for out in order if out.sender == node)
+
+
+def test_greedy_prune_compares_with_the_current_score():
+    """Five edges that each cost 0.04: with threshold 0.05 each is harmless alone, but the greedy
+    pass must stop once the accumulated loss makes the next removal cost too much."""
+    edges = [Edge("embed", f"L0H{i}.q") for i in range(5)]
+
+    def score(removed):
+        n = len(removed)
+        return 1 - 0.04 * n - (0.2 if n >= 3 else 0.0)
+
+    removed, changes = greedy_prune(edges, score, threshold=0.05)
+    assert removed == set(edges[:2])  # the third removal would cost 0.24
+    assert changes[edges[2]] == pytest.approx(-0.24) and len(changes) == 5
+    assert greedy_prune(edges, score, threshold=0.0)[0] == frozenset()
+    with pytest.raises(ValueError, match="threshold"):
+        greedy_prune(edges, score, threshold=-1)
+
+
+def test_greedy_prune_keeps_edges_whose_removal_raises_the_score():
+    edges = [Edge("embed", "L0H0.q"), Edge("embed", "L0H1.q")]
+    removed, _ = greedy_prune(edges, lambda removed: 1 + 0.5 * (edges[0] in removed), threshold=0.1)
+    assert removed == {edges[1]}
+
+
+def test_a_node_without_inputs_sends_its_corrupted_output(model, tokens):
+    """Why acdc may drop the edges out of a node whose inputs are all removed: patching them
+    changes nothing, since the node already computes its corrupted output."""
+    clean, corrupted = tokens
+    full = graph(model).edges
+    inputs = {e for e in full if receiver_node(e.receiver) == "L0H1"}
+    outputs = {e for e in full if e.sender == "L0H1"}
+    without_inputs = run_with_edges_patched(model, clean, corrupted, inputs)
+    assert torch.allclose(run_with_edges_patched(model, clean, corrupted, inputs | outputs), without_inputs, atol=1e-5)
+    assert not torch.allclose(without_inputs, model(clean), atol=1e-3)
+
+
+def test_acdc_extremes_on_a_random_model(model, tokens):
+    clean, corrupted = tokens
+    everything = acdc(model, clean, corrupted, last_logit, threshold=0.0, progress=False)
+    assert everything.circuit.edges == graph(model).edges and everything.faithfulness == pytest.approx(1.0, abs=1e-5)
+    assert everything.forward_passes == len(graph(model).edges) + 1
+    nothing = acdc(model, clean, corrupted, last_logit, threshold=1e9, progress=False)
+    assert nothing.circuit.edges == frozenset() and nothing.faithfulness == pytest.approx(0.0, abs=1e-5)
+    assert nothing.forward_passes < len(graph(model).edges)  # edges into unused nodes are not tested
+
+
+def test_acdc_result_is_what_faithfulness_measures(model, tokens):
+    clean, corrupted = tokens
+    found = acdc(model, clean, corrupted, last_logit, threshold=0.05, progress=False)
+    assert 0 < len(found.circuit) < len(graph(model).edges)
+    assert found.faithfulness == pytest.approx(faithfulness(model, found.circuit, clean, corrupted, last_logit), abs=1e-5)
+    # No node in the circuit is cut off from the inputs or from the logits.
+    for node in found.circuit.nodes - {"embed", "logits"}:
+        assert any(e.sender == node for e in found.circuit) and any(receiver_node(e.receiver) == node for e in found.circuit)
+
+
+@pytest.fixture(scope="module")
+def induction():
+    """handwired-induction on repeated letters; the corruption is another repeated sequence."""
+    model = load_model("handwired-induction")
+    task = make_task("induction", model, n=20, seed=0)
+    return model, task, make_task("induction", model, n=20, seed=1).clean_tokens
+
+
+@pytest.mark.parametrize("threshold", [0.01, 0.1, 0.5])
+def test_acdc_recovers_the_planted_circuit(induction, threshold):
+    model, task, other = induction
+    found = acdc(model, task.clean_tokens, other, task.metric, threshold, progress=False)
+    assert found.circuit.edges == ground_truth("handwired-induction").edges
+    assert found.faithfulness == pytest.approx(1.0, abs=1e-3)
+    assert found.forward_passes < len(graph(model).edges)
+
+
+def test_what_acdc_can_find_depends_on_the_corruption(induction):
+    """With the task's own corruption (only the first half differs), the current token at the
+    induction head's query is the same in both runs, so embed -> L1H0.q is invisible."""
+    model, task, _ = induction
+    found = acdc(model, task.clean_tokens, task.corrupted_tokens, task.metric, 0.01, progress=False)
+    assert found.circuit.edges == ground_truth("handwired-induction").edges - {Edge("embed", "L1H0.q")}
+
+
+def test_minimality_of_the_planted_circuit(induction):
+    model, task, other = induction
+    truth = ground_truth("handwired-induction")
+    padded = Circuit.from_edges(truth.edges | {Edge("L0H1", "L1H1.v")})
+    drops = minimality(model, padded, task.clean_tokens, other, task.metric)
+    assert set(drops) == padded.edges
+    assert drops[Edge("L0H1", "L1H1.v")] == pytest.approx(0.0, abs=1e-4)  # the decoy edge is not needed
+    assert all(drops[e] > 0.5 for e in truth.edges)
+
+
+def test_completeness_finds_a_missing_edge(induction):
+    model, task, other = induction
+    truth = ground_truth("handwired-induction")
+    complete = completeness(model, truth, task.clean_tokens, other, task.metric, progress=False)
+    assert len(complete) == 1 + len(truth.nodes) - 1 + 10 and complete[0].nodes == frozenset() and max(k.gap for k in complete) < 1e-3
+    # Without its value input the induction head copies nothing: intact model 1, circuit about 0.
+    broken = Circuit.from_edges(truth.edges - {Edge("embed", "L1H0.v")})
+    gap = completeness(model, broken, task.clean_tokens, other, task.metric, knockouts=[{"L0H1"}], progress=False)[0]
+    assert gap.model == pytest.approx(1.0, abs=1e-3) and gap.gap > 0.9
+    # A knockout is the circuit with every edge out of the knocked-out nodes removed.
+    k = completeness(model, truth, task.clean_tokens, other, task.metric, knockouts=[{"L0H0"}], progress=False)[0]
+    without = Circuit.from_edges(truth.edges - knock_out({"L0H0"}, truth.edges))
+    assert k.circuit == pytest.approx(faithfulness(model, without, task.clean_tokens, other, task.metric), abs=1e-5)
+    with pytest.raises(ValueError, match="not sender nodes"):
+        completeness(model, truth, task.clean_tokens, other, task.metric, knockouts=[{"L5H0"}])
