@@ -21,12 +21,14 @@ import base64
 import html
 import io
 import os
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from torch import Tensor
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "figure_png",
     "plot_attention",
     "plot_attribution_scatter",
+    "plot_circuit",
     "plot_composition",
     "plot_superposition",
     "plot_curves",
@@ -555,5 +558,68 @@ def plot_superposition(W: Float[Tensor, "instance d_hidden n_features"], feature
         ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+_KIND_COLORS = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green"}
+
+
+def _node_xy(node: str, n_heads: int) -> tuple[float, float]:
+    """Where a node sits: embed at the bottom, then per layer a row of heads and its MLP above them."""
+    if node == "embed":
+        return ((n_heads - 1) / 2, 0.0)
+    if m := re.fullmatch(r"L(\d+)H(\d+)", node):
+        return (float(m[2]), 2.0 * int(m[1]) + 1)
+    if m := re.fullmatch(r"MLP(\d+)", node):
+        return ((n_heads - 1) / 2, 2.0 * int(m[1]) + 2)
+    return ((n_heads - 1) / 2, float("inf"))  # logits: placed on top below
+
+
+def plot_circuit(circuit, nodes: Sequence[str], *, truth=None, title: str = "") -> Figure:
+    """Draw a circuit (``mi_course.circuits.Circuit``) on the model's graph, the inputs at the bottom.
+
+    ``nodes`` are all sender nodes of the model (``senders(model)``); those outside the
+    circuit are drawn faintly. Edges into a head's query, key or value are blue, orange and
+    green, and end on the left, middle and right of the head. With ``truth`` (a reference
+    circuit), edges found but not in it are red and edges missed are dashed grey.
+    """
+    n_heads = 1 + max((int(m[1]) for n in nodes if (m := re.fullmatch(r"L\d+H(\d+)", n))), default=0)
+    pos = {n: _node_xy(n, n_heads) for n in nodes}
+    top = max(y for _, y in pos.values()) + 1.2
+    pos["logits"] = ((n_heads - 1) / 2, top)
+    fig = Figure(figsize=(1.3 * n_heads + 2.5, 0.55 * top + 1.5))
+    ax = fig.add_subplot(1, 1, 1)
+    used = set(circuit.nodes) | (set(truth.nodes) if truth is not None else set())
+    for node, (x, y) in pos.items():
+        inside = node in used
+        ax.text(x, y, node, ha="center", va="center", fontsize=8, color="black" if inside else "0.75", zorder=3,
+                bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="0.3" if inside else "0.85"))  # fmt: skip
+
+    def draw(edges: Iterable, style: Callable) -> None:
+        from matplotlib.patches import FancyArrowPatch
+
+        for edge in edges:
+            node, _, kind = edge.receiver.partition(".")
+            (x0, y0), (x1, y1) = pos[edge.sender], pos[node]
+            x1 += {"q": -0.18, "k": 0.0, "v": 0.18}.get(kind, 0.0)
+            color, dashed = style(edge, kind)
+            bend = 0.25 if abs(x1 - x0) < 0.3 and y1 - y0 > 2.5 else 0.08  # curve edges that would cross nodes
+            ax.add_patch(FancyArrowPatch((x0, y0 + 0.2), (x1, y1 - 0.2), arrowstyle="-|>", mutation_scale=9, color=color,
+                                         linestyle="--" if dashed else "-", linewidth=1.1, alpha=0.8,
+                                         connectionstyle=f"arc3,rad={bend}", zorder=2))  # fmt: skip
+
+    truth_edges = set(truth.edges) if truth is not None else None
+    draw(circuit.edges, lambda e, kind: ("tab:red" if truth_edges is not None and e not in truth_edges else _KIND_COLORS.get(kind, "0.35"), False))
+    if truth_edges is not None:
+        draw(truth_edges - set(circuit.edges), lambda e, kind: ("0.6", True))
+    handles = [Line2D([], [], color=c, label=f"into {k}") for k, c in _KIND_COLORS.items()] + [Line2D([], [], color="0.35", label="into MLP / logits")]
+    if truth_edges is not None:
+        handles += [Line2D([], [], color="tab:red", label="not in reference"), Line2D([], [], color="0.6", linestyle="--", label="missed")]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_xlim(-0.8, n_heads - 0.2)
+    ax.set_ylim(-0.7, top + 0.7)
+    ax.axis("off")
+    ax.set_title(title or f"{len(circuit.edges)} edges, {len(circuit.nodes)} nodes", fontsize=10)
     fig.tight_layout()
     return fig

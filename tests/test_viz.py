@@ -133,3 +133,23 @@ def test_explorer_updates_scores_and_switches_models():
     explorer.model_picker.value = "handwired-induction"
     explorer.model_picker.value = "random"
     assert loads == [1]  # loaded once
+
+
+def test_plot_circuit_draws_every_edge_and_marks_differences_from_the_truth():
+    from matplotlib.patches import FancyArrowPatch
+
+    from mi_course.circuits import Circuit, Edge, senders
+    from mi_course.models import ground_truth, load_model
+
+    model = load_model("handwired-induction")
+    truth = ground_truth("handwired-induction")
+    found = Circuit.from_edges(set(truth.edges) - {Edge("embed", "L1H0.q")} | {Edge("L0H1", "L1H0.k")})
+    fig = viz.plot_circuit(found, senders(model), truth=truth)
+    ax = fig.axes[0]
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == len(found.edges) + 1  # the found edges and the one missed edge
+    assert sum(a.get_linestyle() == "--" for a in arrows) == 1
+    red = [a for a in arrows if a.get_edgecolor()[:3] == pytest.approx((0.839, 0.153, 0.157), abs=1e-2)]
+    assert len(red) == 1  # L0H1 -> L1H0.k is not in the truth
+    labels = {t.get_text(): t.get_color() for t in ax.texts}
+    assert set(senders(model)) | {"logits"} <= set(labels) and labels["L1H1"] != "black"
