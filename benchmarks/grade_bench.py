@@ -16,10 +16,44 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "grading"))
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS.parent / "tests" / "fixtures" / "grading"))
+sys.path.insert(0, str(BENCHMARKS))  # run as a file, or imported by run_all
 from grading_fixture import ROOT, SOLUTION, fixture_course, real_course  # noqa: E402
+from table import Row, at_least, report, timing  # noqa: E402
 
 from mi_course import grade  # noqa: E402
+
+
+def run(quick: bool, copies: int = 30, jobs: int = 2, notebook: str = "00_mechanistic") -> list[Row]:
+    """Grade ``copies`` solved copies (quick: 3 of the fixture): the time per notebook, and the fraction with full marks."""
+    solution = ROOT / "solutions" / f"{notebook}.ipynb"
+    if quick or not solution.exists():
+        copies = 3 if quick else copies
+        solution = SOLUTION
+    with tempfile.TemporaryDirectory(prefix="grade-bench-") as tmp:
+        tmp = Path(tmp)
+        make = fixture_course if solution == SOLUTION else lambda dest: real_course(dest, notebook)
+        course = grade.load_course(make(tmp / "course"))
+        (tmp / "in").mkdir()
+        for i in range(copies):
+            shutil.copy(solution, tmp / "in" / f"student{i:03d}.ipynb")
+        start = time.perf_counter()
+        results = grade.grade(tmp / "in", tmp / "out", course, grade.Options(), jobs=jobs)
+        elapsed = time.perf_counter() - start
+    full = sum(e.points for e in course.notebooks[solution.stem].exercises)
+    wrong = [r.student for r in results if sum(r.points.values()) != full or r.status != ["ok"]]
+    print(
+        f"graded {copies} copies of {solution.stem} with --jobs {jobs}: {elapsed:.1f} s "
+        f"({elapsed / copies:.2f} s per notebook; {elapsed * jobs / copies:.2f} s of a worker each)"
+    )
+    if wrong:
+        print(f"not full marks: {', '.join(wrong)}", file=sys.stderr)
+    what = f"{copies} copies of {solution.stem}, --jobs {jobs}"
+    return [
+        timing("grading", f"{what}: time per notebook", elapsed / copies),
+        at_least("grading", f"{what}: fraction with full marks", 1 - len(wrong) / copies, 1.0),
+    ]
 
 
 def main() -> int:
@@ -29,30 +63,7 @@ def main() -> int:
     parser.add_argument("--notebook", default="00_mechanistic", help="course notebook to grade (falls back to the fixture if absent)")
     parser.add_argument("--quick", action="store_true", help="3 copies of the fixture notebook")
     args = parser.parse_args()
-    solution = ROOT / "solutions" / f"{args.notebook}.ipynb"
-    if args.quick or not solution.exists():
-        args.copies = 3 if args.quick else args.copies
-        solution = SOLUTION
-    with tempfile.TemporaryDirectory(prefix="grade-bench-") as tmp:
-        tmp = Path(tmp)
-        make = fixture_course if solution == SOLUTION else lambda dest: real_course(dest, args.notebook)
-        course = grade.load_course(make(tmp / "course"))
-        (tmp / "in").mkdir()
-        for i in range(args.copies):
-            shutil.copy(solution, tmp / "in" / f"student{i:03d}.ipynb")
-        start = time.perf_counter()
-        results = grade.grade(tmp / "in", tmp / "out", course, grade.Options(), jobs=args.jobs)
-        elapsed = time.perf_counter() - start
-    full = sum(e.points for e in course.notebooks[solution.stem].exercises)
-    wrong = [r.student for r in results if sum(r.points.values()) != full or r.status != ["ok"]]
-    print(
-        f"graded {args.copies} copies of {solution.stem} with --jobs {args.jobs}: {elapsed:.1f} s "
-        f"({elapsed / args.copies:.2f} s per notebook; {elapsed * args.jobs / args.copies:.2f} s of a worker each)"
-    )
-    if wrong:
-        print(f"not full marks: {', '.join(wrong)}", file=sys.stderr)
-        return 1
-    return 0
+    return report(run(args.quick, args.copies, args.jobs, args.notebook))
 
 
 if __name__ == "__main__":

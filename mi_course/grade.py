@@ -509,7 +509,7 @@ def write_outputs(results: list[Result], course: Course, out: Path) -> Path:
 
 def grade(submissions: Path, out: Path, course: Course, options: Options, jobs: int = 1, progress: bool = True) -> list[Result]:
     """Grade every notebook under ``submissions``, ``jobs`` at a time, and write the outputs to ``out``."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in Jupyter, a text bar in a terminal
 
     found, results = find_submissions(submissions)
     if not found:

@@ -154,13 +154,17 @@ def train_probe(
             history_size=20, line_search_fn="strong_wolfe",
         )
 
+        bar = tqdm(total=optimizer.defaults["max_eval"], desc="linear probe (L-BFGS evaluations)", disable=not progress)
+
         def closure() -> Tensor:
+            bar.update()
             optimizer.zero_grad()
             loss = objective()
             loss.backward()
             return loss
 
         optimizer.step(closure)
+        bar.close()
     else:
         optimizer = torch.optim.Adam(probe.parameters(), lr=lr or 1e-2)
         for _ in tqdm(range(steps or 1000), desc="MLP probe", disable=not progress):
