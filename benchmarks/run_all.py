@@ -6,9 +6,10 @@
     python benchmarks/run_all.py --only sae probing       # some benchmarks only
 
 The benchmarks, in order: the solution notebooks (time and memory against their budgets),
-activation patching against transformer_lens.patching, EAP against exact edge patching,
-our SAE against SAELens, our probe against scikit-learn, and the grader. Each prints its own
-details as it runs; the combined table comes last. Exits 1 when any row misses its target
+activation patching against transformer_lens.patching, EAP against exact edge patching, the
+greedy circuit finder against known answers, our SAE against SAELens, our probe against
+scikit-learn, and the grader. Each prints its own details as it runs; the combined table
+comes last. Exits 1 when any row misses its target
 (a result that disagrees with its peer, or a budget that is missed).
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attribution  # noqa: E402
+import bench_circuits  # noqa: E402
 import bench_patching  # noqa: E402
 import bench_probing  # noqa: E402
 import bench_sae  # noqa: E402
@@ -32,6 +34,7 @@ BENCHES = {
     "notebooks": run_notebooks.run,
     "patching": bench_patching.run,
     "attribution": bench_attribution.run,
+    "circuits": bench_circuits.run,
     "sae": bench_sae.run,
     "probing": bench_probing.run,
     "grading": grade_bench.run,

@@ -2,7 +2,7 @@
 
 `benchmarks/run_all.py --quick` runs once for the module (about 45 s on 2 cores): the first
 solution notebook, the patching, attribution, SAE and probing comparisons with their peers,
-and the grader. (The patching and attribution benchmarks also have tests beside their modules.)
+the circuit finder and the grader. (The patching and attribution benchmarks also have tests beside their modules.)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-BENCHES = {"notebooks", "patching", "attribution", "sae", "probing", "grading"}
+BENCHES = {"notebooks", "patching", "attribution", "circuits", "sae", "probing", "grading"}
 
 
 def parse_table(text: str) -> list[dict[str, str]]:
@@ -75,6 +75,9 @@ def test_run_all_quick_compares_with_the_peers(quick):
     assert number(rows["probing", "after L1: same prediction as scikit-learn"]["ours"]) > 0.95
     accuracy = rows["probing", "after L1: test accuracy"]
     assert number(accuracy["ours"]) > 0.9 and abs(number(accuracy["ours"]) - number(accuracy["peer"])) <= 0.02
+    assert number(rows["circuits", "handwired-induction: planted circuit recovered exactly (1 = yes)"]["ours"]) == 1
+    ioi = number(rows["circuits", "toy-lm IOI (10 prompts): fraction of edges kept"]["ours"])
+    assert 0 < ioi < 0.5 and number(rows["circuits", "toy-lm IOI (10 prompts): forward passes per edge"]["ours"]) <= 1
     assert number(rows["grading", "3 copies of 99_fixture, --jobs 2: fraction with full marks"]["ours"]) == 1
 
 
