@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from mi_course.patching import Metric, metric_value
+from mi_course.patching import Metric, check_tokens, metric_value
 
 __all__ = [
     "Circuit",
@@ -240,16 +240,6 @@ def sender_outputs(model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -
     return torch.stack(outputs)
 
 
-def _check_tokens(model: HookedTransformer, clean: Tensor, corrupted: Tensor | None) -> None:
-    if not isinstance(clean, Tensor) or clean.ndim != 2:
-        raise ValueError(f"clean tokens must be an integer tensor of shape (batch, pos), got {getattr(clean, 'shape', clean)!r}.")
-    if corrupted is not None and corrupted.shape != clean.shape:
-        raise ValueError(
-            f"clean and corrupted tokens must have the same shape, got {tuple(clean.shape)} and {tuple(corrupted.shape)}; "
-            "pair every clean prompt with a corrupted prompt of the same length."
-        )
-
-
 def _patch_matrices(model: HookedTransformer, edges: Iterable[Edge]) -> dict[str, Tensor]:
     """For each receiver input touched by `edges`, a 0/1 vector over the senders that feed it."""
     fed_by = dict(_receivers(model))
@@ -278,7 +268,7 @@ def run_with_edges_patched(
     Pass `corrupted_outputs = sender_outputs(model, corrupted_tokens)` (and corrupted_tokens=None)
     to reuse the corrupted run across many calls.
     """
-    _check_tokens(model, clean_tokens, corrupted_tokens)
+    check_tokens(clean_tokens, clean_tokens if corrupted_tokens is None else corrupted_tokens)
     if corrupted_outputs is None:
         if corrupted_tokens is None:
             raise ValueError("give corrupted_tokens or corrupted_outputs (from sender_outputs).")
@@ -386,7 +376,7 @@ class PatchedMetric:
     the first block that reads a patched edge (the blocks before it compute the clean run)."""
 
     def __init__(self, model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Metric):
-        _check_tokens(model, clean_tokens, corrupted_tokens)
+        check_tokens(clean_tokens, corrupted_tokens)
         self.model, self.clean_tokens, self.metric = model, clean_tokens, metric
         self.edges = graph(model).edges
         self.calls = 0
