@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from mi_course.checks.core import CheckFailed, check_function, check_value, close
+from mi_course.checks.core import CheckFailed, EnvironmentChanged, check_function, check_value, close, guard_hook
 
 
 def reference(x):
@@ -77,3 +78,162 @@ def test_check_value():
 )
 def test_close(a, b, same):
     assert close(a, b) is same
+
+
+# ---------------------------------------------------------------- whole classes of wrong answers
+
+
+def test_learner_gets_copies_and_in_place_edits_of_unchanged_arguments_fail():
+    x = torch.arange(6.0).reshape(2, 3)
+    cases = [{"x": x}]
+
+    def edits_in_place(x):
+        x.mul_(2)
+        return x.sum(dim=-1) / 2  # the right answer, computed from a tensor it has changed
+
+    check_function("T.4", edits_in_place, reference, cases)  # no copy asked: allowed, and the notebook's x survives
+    assert torch.equal(x, torch.arange(6.0).reshape(2, 3))
+    with pytest.raises(CheckFailed, match="changed its input `x` in place"):
+        check_function("T.4", edits_in_place, reference, cases, unchanged=("x",))
+    assert torch.equal(x, torch.arange(6.0).reshape(2, 3))
+
+
+def test_models_and_caches_are_restored_and_their_edits_fail():
+    model = torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def zeroes_the_weights(model, x):
+        with torch.no_grad():
+            model.weight.zero_()
+        return model(x)
+
+    cases = [{"model": model, "x": torch.randn(4, 3)}]
+    with pytest.raises(CheckFailed, match="changed `model` in place"):
+        check_function("T.5", zeroes_the_weights, lambda model, x: model(x), cases)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_a_hook_that_edits_its_activation_in_place_fails():
+    activation = torch.randn(2, 3)
+    guarded = guard_hook("T.6", lambda act, hook: act.add_(1))
+    with pytest.raises(CheckFailed, match="in place"):
+        guarded(activation.clone())
+    assert torch.equal(guard_hook("T.6", lambda act, hook: act + 1)(activation, None), activation + 1)
+
+
+def seeded_reference(n, seed):
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def test_seeded_functions_must_repeat_and_not_use_the_global_random_state():
+    cases = [{"n": 20, "seed": 0}, {"n": 30, "seed": 5}]
+    check_function("T.7", seeded_reference, seeded_reference, cases, seed="seed")
+
+    def global_rng(n, seed):
+        return torch.randperm(n)
+
+    with pytest.raises(CheckFailed, match="same seed, your function gave different answers"):
+        check_function("T.7", global_rng, seeded_reference, cases, seed="seed")
+
+    def reseeds_the_global_rng(n, seed):  # repeatable: it passes, and the notebook's random state is left alone
+        torch.manual_seed(seed)
+        return torch.randperm(n)
+
+    def same_without_touching_the_global_rng(n, seed):
+        with torch.random.fork_rng(devices=[]):
+            return reseeds_the_global_rng(n, seed)
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    check_function("T.7", reseeds_the_global_rng, same_without_touching_the_global_rng, cases, seed="seed")
+    assert torch.equal(torch.rand(3), expected_next), "the global random state is restored after the learner's code"
+
+
+def test_a_mistake_hint_needs_the_mistake_on_every_case():
+    cases = [{"x": torch.randn(3, 3)}, {"x": torch.randn(3, 3)}]
+    first = cases[0]["x"]
+
+    def wrong_axis_on_the_first_case_only(x):
+        return x.sum(dim=0) if x is not None and torch.equal(x, first) else x.sum(dim=-1) * 2
+
+    with pytest.raises(CheckFailed) as err:
+        check_function("T.8", wrong_axis_on_the_first_case_only, reference, cases, mistakes=MISTAKES, hint="general hint")
+    assert err.value.hint == "on the notebook's example general hint"
+    with pytest.raises(CheckFailed, match="wrong axis"):
+        check_function("T.8", lambda x: x.sum(dim=0), reference, cases, mistakes=MISTAKES)
+
+
+class EqualsAnything:
+    def __eq__(self, other):
+        return True
+
+    def __float__(self):
+        return 6.0
+
+
+class SneakyTensor(torch.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.allclose, torch.equal, torch.Tensor.__eq__):
+            return True
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize(
+    "returns, hint",
+    [
+        (lambda x: None, "returns None"),
+        (lambda x: "text", "returned a str"),
+        (lambda x: (x.sum(-1), x.sum(-1)), "returned a tuple of 2 items"),
+        (lambda x: {"a": 1}, "returned a dict"),
+        (lambda x: EqualsAnything(), "returned an EqualsAnything"),
+        (lambda x: x.sum(-1).as_subclass(SneakyTensor) + 1, "compare with the example"),
+        (lambda x: iter([1, 2]), "returned a list_iterator"),
+        (lambda x: x.sum(-1)[None], "shape (1, 2), expected (2,)"),
+        (lambda y: y.sum(-1), "must take the arguments (x)"),
+        (lambda x: [[1.0, 2.0], [3.0]], "returned a list of 2 items; expected an array of shape (2,)"),
+    ],
+)
+def test_whatever_the_learner_returns_gives_a_hint(returns, hint):
+    with pytest.raises(CheckFailed) as err:
+        check_function("T.9", returns, reference, CASES)
+    assert hint in err.value.hint, err.value.hint
+
+
+def test_a_tensor_for_a_tuple_and_a_tuple_for_a_tensor():
+    pair = lambda x: (x.sum(-1), x.max(-1).values)  # noqa: E731
+    with pytest.raises(CheckFailed, match="returned an array of shape"):
+        check_function("T.10", lambda x: x.sum(-1), pair, CASES)
+    with pytest.raises(CheckFailed, match="returned a tuple of 2 items; expected an array"):
+        check_function("T.10", pair, reference, CASES)
+
+
+def test_comparisons_do_not_go_through_replaceable_functions(monkeypatch):
+    always = lambda *a, **k: True  # noqa: E731
+    for owner, name in [(torch, "allclose"), (torch, "equal"), (torch, "isclose"), (np, "allclose"), (np, "array_equal"), (torch.Tensor, "__eq__")]:
+        monkeypatch.setattr(owner, name, always)
+    monkeypatch.setitem(vars(torch), "as_tensor", lambda *a, **k: torch.zeros(2))
+    assert not close(torch.ones(2), torch.zeros(2))
+    assert not close(np.ones(2), np.zeros(2))
+    with pytest.raises(CheckFailed):
+        check_function("T.11", lambda x: x.sum(dim=0)[:2] * 0, reference, CASES)
+
+
+def test_a_torch_mode_left_active_by_the_learner_is_reported():
+    from torch.overrides import TorchFunctionMode
+
+    class Everything(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    def pushes_a_mode(x):
+        Everything().__enter__()
+        return x.sum(-1)
+
+    try:
+        with pytest.raises(EnvironmentChanged, match="torch mode"):
+            check_function("T.12", pushes_a_mode, reference, CASES)
+    finally:
+        while torch._C._len_torch_function_stack():
+            torch._C._pop_torch_function_stack()

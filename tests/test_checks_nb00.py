@@ -94,15 +94,24 @@ def test_composition_mistakes():
 EXAMPLE = dict(z=torch.arange(2 * 3 * 2 * 2, dtype=torch.float).reshape(2, 3, 2, 2), head=1, mode="mean")
 
 
-def in_place_hook(head, mode="mean"):
-    """A correct, differently written implementation: edits in place, mask arithmetic."""
+def masked_hook(head, mode="mean"):
+    """A correct, differently written implementation: mask arithmetic on a new tensor."""
 
     def hook_fn(activation, hook):
         keep = torch.ones(activation.shape[2])
         keep[head] = 0.0
         keep = keep[None, None, :, None]
         replacement = torch.zeros_like(activation) if mode == "zero" else activation.mean(0, keepdim=True).expand_as(activation)
-        activation.mul_(keep).add_((1 - keep) * replacement)
+        return activation * keep + (1 - keep) * replacement
+
+    return hook_fn
+
+
+def in_place_hook(head, mode="mean"):
+    """Right values, but edits the activation in place: the exercise asks for a copy."""
+
+    def hook_fn(activation, hook):
+        activation[:, :, head] = 0.0 if mode == "zero" else activation[:, :, head].mean(0, keepdim=True)
         return activation
 
     return hook_fn
@@ -122,8 +131,14 @@ def wrong_hook(edit):
 
 def test_hook_reference_and_alternative_pass(capsys):
     nb00.check_ablate_head_hook(ablate_head_hook, EXAMPLE)
-    nb00.check_ablate_head_hook(in_place_hook, EXAMPLE)
+    nb00.check_ablate_head_hook(masked_hook, EXAMPLE)
     assert capsys.readouterr().out.count("✓ Exercise 00.3 passed") == 2
+
+
+def test_hook_that_edits_in_place_fails_and_leaves_the_example_alone():
+    example = dict(z=EXAMPLE["z"].clone(), head=1, mode="mean")
+    fails_with(nb00.check_ablate_head_hook, in_place_hook, example, hint="edits the activation it receives in place")
+    assert torch.equal(example["z"], EXAMPLE["z"]), "the learner got a copy of the notebook's tensor"
 
 
 @pytest.mark.parametrize(

@@ -134,7 +134,15 @@ def test_top_heads(example):
 
 def hook_other(part, pos):
     def hook(resid, hook):
-        resid[:, pos, :] = resid[:, pos, :] - part
+        delta = torch.zeros_like(resid)
+        delta[:, pos, :] = part
+        return resid - delta
+    return hook
+
+
+def hook_in_place(part, pos):
+    def hook(resid, hook):
+        resid[:, pos, :] = resid[:, pos, :] - part  # right values, but the exercise asks for a copy
     return hook
 
 
@@ -143,6 +151,7 @@ def test_remove_part_hook(example):
     part = residual.head_outputs(model, example["cache"], 1)[:, -1, 0]
     nb01.check_remove_part_hook(residual.remove_part_hook, model, tokens, part)
     nb01.check_remove_part_hook(hook_other, model, tokens, part)
+    fails_with(nb01.check_remove_part_hook, hook_in_place, model, tokens, part, hint="edits the residual stream it receives in place")
     fails_with(nb01.check_remove_part_hook, lambda part, pos: (lambda resid, hook: resid - part[:, None]), model, tokens, part, hint="every position")
     fails_with(nb01.check_remove_part_hook, lambda part, pos: residual.remove_part_hook(-part, pos), model, tokens, part, hint="added")
 

@@ -128,16 +128,29 @@ def test_induction_mistakes(wrong, hint):
 Z = dict(z=torch.randn(4, 3, 2, 5, generator=torch.Generator().manual_seed(0)), head=1, source=torch.tensor([1, 2, 3, 0]))
 
 
+def resample_other(z, head, source):
+    """Correct, written differently: index_select and torch.where on a new tensor."""
+    mask = torch.zeros(z.shape[2], dtype=torch.bool)
+    mask[head] = True
+    return torch.where(mask[None, None, :, None], z.index_select(0, source), z)
+
+
 def resample_in_place(z, head, source):
-    """Correct, written differently: edits the argument in place with index_select."""
+    """Right values, but edits the argument in place: the exercise asks for a copy."""
     z[:, :, head] = z.index_select(0, source)[:, :, head].clone()
     return z
 
 
 def test_resample_reference_and_alternative_pass(capsys):
     nb02.check_resample_ablate(induction.resample_ablate, Z)
-    nb02.check_resample_ablate(resample_in_place)
+    nb02.check_resample_ablate(resample_other)
     assert capsys.readouterr().out.count("✓ Exercise 02.4 passed") == 2
+
+
+def test_resample_in_place_fails_and_leaves_the_example_alone():
+    example = dict(z=Z["z"].clone(), head=1, source=Z["source"].clone())
+    fails_with(nb02.check_resample_ablate, resample_in_place, example, hint="changed `z` in place")
+    assert torch.equal(example["z"], Z["z"])
 
 
 def test_resample_leaves_other_heads():

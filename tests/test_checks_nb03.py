@@ -56,10 +56,17 @@ def restore_reference(clean_activation, pos):
 
 
 def restore_other(clean_activation, pos):
-    def hook(activation, hook):  # in place, with a mask
+    def hook(activation, hook):  # a mask and torch.where, on a new tensor
         mask = torch.zeros(activation.shape[1], dtype=torch.bool)
         mask[pos] = True
-        activation[:, mask] = clean_activation[:, mask]
+        return torch.where(mask[None, :, None], clean_activation, activation)
+
+    return hook
+
+
+def restore_in_place(clean_activation, pos):
+    def hook(activation, hook):  # right values, but the exercise asks for a copy
+        activation[:, pos] = clean_activation[:, pos]
         return activation
 
     return hook
@@ -73,6 +80,7 @@ def test_restore_hook(example):
 
     def added(clean_activation, pos):
         def hook(activation, hook):
+            activation = activation.clone()
             activation[:, pos] = activation[:, pos] + clean_activation[:, pos]
             return activation
         return hook
@@ -85,6 +93,7 @@ def test_restore_hook(example):
 
     fails_with(nb03.check_restore_hook, added, *args, hint="added the clean activation")
     fails_with(nb03.check_restore_hook, copy_not_returned, *args, hint="return the edited tensor")
+    fails_with(nb03.check_restore_hook, restore_in_place, *args, hint="overwrites the activation it receives in place")
 
 
 # 03.3
@@ -198,6 +207,14 @@ def test_ablated_z(example):
     fails_with(nb03.check_ablated_z, over_positions, z, 1, hint="averaged over positions")
     fails_with(nb03.check_ablated_z, all_heads, z, 1, hint="every head")
     fails_with(nb03.check_ablated_z, no_resample, z, 1, hint="left the head unchanged")
+
+    def in_place(z, head, mode, index=None):  # right values, but the exercise asks for a copy
+        z[:, :, head] = z[:, :, head].mean(0, keepdim=True) if mode == "mean" else z[index, :, head].clone()
+        return z
+
+    before = z.clone()
+    fails_with(nb03.check_ablated_z, in_place, z, 1, hint="changed `z` in place")
+    assert torch.equal(z, before), "the learner got a copy of the notebook's tensor"
 
 
 def test_ablated_z_matches_package(example):

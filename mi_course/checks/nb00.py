@@ -191,7 +191,7 @@ _HOOK = types.SimpleNamespace(name="blocks.1.attn.hook_z", layer=lambda: 1)
 
 
 def _run_hook(factory: Callable, z: torch.Tensor, head: int, mode: str) -> torch.Tensor:
-    """Build the hook with ``factory(head, mode)`` and apply it to a copy of ``z``."""
+    """Build the hook with ``factory(head, mode)`` and apply it to ``z`` (the check's own copy)."""
     hook_fn = factory(head, mode)
     if not callable(hook_fn):
         raise CheckFailed(
@@ -199,7 +199,7 @@ def _run_hook(factory: Callable, z: torch.Tensor, head: int, mode: str) -> torch
             f"ablate_head_hook(head, mode) must return a hook function (define `hook_fn(activation, hook)` "
             f"inside it and `return hook_fn`), not {type(hook_fn).__name__}.",
         )
-    out = hook_fn(z.clone(), _HOOK)
+    out = hook_fn(z, _HOOK)
     if out is None:
         raise CheckFailed(
             "00.3",
@@ -289,6 +289,9 @@ def check_ablate_head_hook(learner: Callable, example: Mapping | None = None) ->
         _reference_hook,
         _hook_cases(example),
         mistakes={hint: _mistake(edit) for hint, edit in HOOK_MISTAKES.items()},
+        unchanged=("z",),
+        unchanged_hint="your hook edits the activation it receives in place: edit a copy (`out = activation.clone()`), "
+        "return the copy, and leave the cache's tensor as it was (later cells still read it).",
         hint="your ablated activation differs from the reference: only head `head` changes, to its batch "
         "mean at each position (mode='mean') or to zero (mode='zero').",
         success="the hook ablates exactly one head, by mean or by zero",

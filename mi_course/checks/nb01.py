@@ -16,7 +16,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
 
 from mi_course import residual
-from mi_course.checks.core import CheckFailed, check_function, close, fresh_seed
+from mi_course.checks.core import CheckFailed, check_function, fresh_seed, guard_hook
 
 __all__ = [
     "check_head_dla",
@@ -62,21 +62,7 @@ def _random_task(seed: int) -> dict[str, Any]:
 
 
 def _check(exercise: str, learner: Callable, reference: Callable, cases: list[dict], *, mistakes: dict, **kwargs) -> None:
-    """``check_function``, but a mistake that changes the shape still earns its own hint."""
-    if callable(learner):
-        for case in cases:
-            try:
-                got = learner(**case)
-            except Exception:
-                break  # check_function reports it
-            if isinstance(got, Tensor) and got.shape != reference(**case).shape:
-                for hint, wrong in mistakes.items():
-                    try:
-                        matches = close(got, wrong(**case))
-                    except Exception:
-                        continue
-                    if matches:
-                        raise CheckFailed(exercise, hint)
+    """``check_function`` (which names a mistake that reproduces every answer even when it changes the shape)."""
     check_function(exercise, learner, reference, cases, mistakes=mistakes, **kwargs)
 
 
@@ -227,10 +213,18 @@ def check_top_heads(learner: Callable, dla_grid: Float[Tensor, "layer head"]) ->
 # 01.5 ---------------------------------------------------------------------------------
 
 
-def _logits_with(factory: Callable, model, tokens, part, pos) -> Tensor:
+_IN_PLACE_HINT = (
+    "your hook edits the residual stream it receives in place: copy it first (`resid = resid.clone()`), "
+    "subtract `part` at `pos` from the copy, and return the copy."
+)
+
+
+def _logits_with(factory: Callable, model, tokens, part, pos, *, learner: bool = False) -> Tensor:
     hook = factory(part, pos)
     if not callable(hook):
         raise CheckFailed("01.5", f"remove_part_hook must return a hook function, got {type(hook).__name__}.")
+    if learner:
+        hook = guard_hook("01.5", hook, _IN_PLACE_HINT)
     name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     return model.run_with_hooks(tokens, fwd_hooks=[(name, hook)])
 
@@ -258,7 +252,7 @@ def check_remove_part_hook(learner: Callable, model: HookedTransformer, tokens: 
         raise CheckFailed("01.5", f"expected a function, got {type(learner).__name__}.")
     check_function(
         "01.5",
-        lambda **c: _logits_with(learner, **c),
+        lambda **c: _logits_with(learner, **c, learner=True),
         lambda **c: _logits_with(residual.remove_part_hook, **c),
         cases,
         mistakes={

@@ -16,7 +16,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mi_course import patching
-from mi_course.checks.core import CheckFailed, check_function, fresh_seed
+from mi_course.checks.core import CheckFailed, check_function, fresh_seed, guard_hook
 from mi_course.checks.nb01 import random_model
 
 __all__ = [
@@ -95,13 +95,21 @@ def _restore(clean_activation: Tensor, pos: int) -> Callable:
     return hook
 
 
-def _run_with(factory: Callable, model, clean_tokens, corrupted_tokens, layer, pos) -> Tensor:
+_IN_PLACE_HINT = (
+    "your hook overwrites the activation it receives in place: the exercise asks you to edit a copy. "
+    "Start with `activation = activation.clone()`, write the clean values into the copy and return it."
+)
+
+
+def _run_with(factory: Callable, model, clean_tokens, corrupted_tokens, layer, pos, *, learner: bool = False) -> Tensor:
     name = f"blocks.{layer}.hook_resid_pre"
     with torch.no_grad():
         _, cache = model.run_with_cache(clean_tokens, names_filter=name)
         hook = factory(cache[name], pos)
         if not callable(hook):
             raise CheckFailed("03.2", f"restore_hook must return a hook function, got {type(hook).__name__}.")
+        if learner:
+            hook = guard_hook("03.2", hook, _IN_PLACE_HINT)
         return model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
 
 
@@ -139,7 +147,7 @@ def check_restore_hook(learner: Callable, model: HookedTransformer, clean_tokens
 
     check_function(
         "03.2",
-        lambda **c: _run_with(learner, **c),
+        lambda **c: _run_with(learner, **c, learner=True),
         lambda **c: _run_with(_restore, **c),
         cases,
         mistakes={
@@ -257,7 +265,7 @@ def check_important_cells(learner: Callable, results: Float[Tensor, "layer pos"]
 def _ablated(z, head, mode, index=None, *, over=(0,), heads="one", zero=False):
     out = z.clone()
     cols = slice(None) if heads == "all" else head
-    if zero:
+    if zero and mode == "mean":
         out[:, :, cols] = 0.0
     elif mode == "mean":
         out[:, :, cols] = z[:, :, cols].mean(dim=over, keepdim=True)
@@ -283,7 +291,7 @@ def check_ablated_z(learner: Callable, z: Float[Tensor, "batch pos head d_head"]
     ]
     check_function(
         "03.5",
-        lambda z, **c: learner(z.clone(), **c),  # a learner may edit z in place
+        learner,
         _ablated,
         cases,
         mistakes={
@@ -295,8 +303,11 @@ def check_ablated_z(learner: Callable, z: Float[Tensor, "batch pos head d_head"]
                 lambda **c: _ablated(**c, over=(0, 1)),
             "you ablated every head of the layer; change only z[:, :, head].": lambda **c: _ablated(**c, heads="all"),
             "your resample ablation left the head unchanged: prompt b takes head `head`'s activation from prompt index[b], z[index, :, head].":
-                lambda z, head, mode, index: z if mode == "resample" else None,
+                lambda z, head, mode, index: z if mode == "resample" else _ablated(z, head, mode, index),
         },
         hint="mean: z[:, :, head] becomes its mean over dim 0 (keepdim); resample: z[:, :, head] becomes z[index, :, head]; other heads unchanged.",
+        unchanged=("z",),
+        unchanged_hint="your function changed `z` in place: the exercise asks for a copy. Start with `out = z.clone()`, "
+        "ablate head `head` in `out` (reading the values from `z`) and return it.",
         success="your mean and resample ablations match",
     )

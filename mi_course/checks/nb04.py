@@ -17,7 +17,7 @@ from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from mi_course.checks.core import CheckFailed, check_function, close, fresh_seed
+from mi_course.checks.core import CheckFailed, check_function, close, fresh_seed, register_plain
 from mi_course.circuits import (
     Circuit,
     Edge,
@@ -43,6 +43,8 @@ __all__ = [
     "check_patch_edge",
     "check_roc_point",
 ]
+
+register_plain(Edge, lambda edge: ("Edge", edge.sender, edge.receiver))  # compared by value
 
 _TRIES = 200  # fresh cases drawn before giving up on one that separates every mistake
 

@@ -43,15 +43,17 @@ def check_atp_score(learner: Callable, clean_act: Tensor, corrupted_act: Tensor,
     for _ in range(2):
         batch, pos, d = (int(torch.randint(2, 6, (1,), generator=gen)) for _ in range(3))
         cases.append(dict(clean_act=_randn(gen, batch, pos, d), corrupted_act=_randn(gen, batch, pos, d), grad=_randn(gen, batch, pos, d)))
-    if callable(learner):
-        try:
-            got = learner(**cases[0])
-        except Exception:
-            got = None
-        if isinstance(got, Tensor) and got.shape in (clean_act.shape, clean_act.shape[1:]):
-            raise CheckFailed("06.1", "you forgot to sum over d_model: the estimate is a dot product of the activation difference with the gradient, one number per position.")
-        if isinstance(got, Tensor) and got.ndim == 0:
-            raise CheckFailed("06.1", "you summed over positions too: keep one score per position (sum over the batch and d_model only).")
+
+    def shape_hint(got: tuple[int, ...], expected: tuple[int, ...], case: Mapping) -> str | None:
+        batch, pos, d_model = case["clean_act"].shape
+        if got in ((batch, pos, d_model), (pos, d_model)):
+            return "you forgot to sum over d_model: the estimate is a dot product of the activation difference with the gradient, one number per position."
+        if got == ():
+            return "you summed over positions too: keep one score per position (sum over the batch and d_model only)."
+        if got == (batch, pos):
+            return "you forgot to sum over the batch: the metric is a mean over prompts, and its gradient already carries the 1/batch, so sum over the batch and d_model."
+        return None
+
     check_function(
         "06.1",
         learner,
@@ -64,6 +66,7 @@ def check_atp_score(learner: Callable, clean_act: Tensor, corrupted_act: Tensor,
         },
         hint="compute ((corrupted_act − clean_act) * grad), summed over the batch and d_model.",
         success="the first-order estimate per position",
+        shape_hint=shape_hint,
     )
 
 

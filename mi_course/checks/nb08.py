@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_course import probing
-from mi_course.checks.core import CheckFailed, check_function, fresh_seed, passed
+from mi_course.checks.core import CheckFailed, _describe, _plain, call_learner, check_function, check_seeded, fresh_seed, passed
 
 __all__ = [
     "check_control_task",
@@ -32,13 +32,16 @@ __all__ = [
 
 
 def _as_long(x: Any, exercise: str, what: str) -> Tensor:
+    """The learner's answer as a flat tensor of integers (read as plain values, without running its code)."""
+    plain = _plain(x)
     try:
-        t = torch.as_tensor(np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x))
+        array = plain if isinstance(plain, np.ndarray) else np.asarray(plain)
     except (TypeError, ValueError):
-        raise CheckFailed(exercise, f"{what} should be a tensor (or array) of integers, got {type(x).__name__}.") from None
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise CheckFailed(exercise, f"{what} should hold integers (indices or class labels), got dtype {t.dtype}.")
-    return t.long().reshape(-1)
+        array = None
+    if array is None or array.dtype.kind not in "iub" or array.dtype.kind == "b":
+        kind = f"dtype {array.dtype}" if array is not None and array.dtype.kind in "fcb" else _describe(plain)
+        raise CheckFailed(exercise, f"{what} should be a tensor (or array) of integers (indices or class labels), got {kind}.")
+    return torch.from_numpy(array.astype(np.int64).reshape(-1))
 
 
 # 08.1 ---------------------------------------------------------------------------------
@@ -84,6 +87,13 @@ def check_majority_accuracy(learner: Callable, y_train: Int[Tensor, "n_train"], 
 # 08.2 ---------------------------------------------------------------------------------
 
 
+def _split_parts(out: Any, exercise: str) -> tuple[Tensor, Tensor]:
+    plain = _plain(out)
+    if not isinstance(plain, (tuple, list)) or len(plain) != 2:
+        raise CheckFailed(exercise, f"return two index tensors, (train_idx, test_idx); your function returned {_describe(plain)}.")
+    return _as_long(plain[0], exercise, "train_idx"), _as_long(plain[1], exercise, "test_idx")
+
+
 def check_split_by_prompt(learner: Callable, prompt_ids: Int[Tensor, "n"]) -> None:
     """``split_by_prompt(prompt_ids, test_fraction, seed)``: whole prompts go to train or to test."""
     ex = "08.2"
@@ -95,22 +105,14 @@ def check_split_by_prompt(learner: Callable, prompt_ids: Int[Tensor, "n"]) -> No
     names = 1000 + torch.randperm(5 * n_prompts, generator=gen)[:n_prompts]  # arbitrary ids, not 0..n-1
     fresh = names.repeat_interleave(lengths)
     fresh = fresh[torch.randperm(len(fresh), generator=gen)]  # rows of a prompt need not be adjacent
-    cases = [(torch.as_tensor(prompt_ids), 0.25, 0), (fresh, 0.3, 1)]
+    cases = [(torch.as_tensor(prompt_ids).clone(), 0.25, 0), (fresh, 0.3, 1), (fresh, 0.5, fresh_seed())]
     splits = []
     for ids, fraction, seed in cases:
-        try:
-            out = learner(ids, fraction, seed)
-        except NotImplementedError:
-            raise CheckFailed(ex, "not implemented yet: replace the `raise NotImplementedError` line.") from None
-        except CheckFailed:
-            raise
-        except Exception as err:
-            raise CheckFailed(ex, f"your function raised {type(err).__name__}: {err}") from None
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise CheckFailed(ex, "return two index tensors: (train_idx, test_idx).")
-        train, test = (_as_long(part, ex, "each index tensor") for part in out)
+        out = check_seeded(ex, learner, ids, fraction, seed)
+        train, test = _split_parts(out, ex)
         n = len(ids)
-        if len(train) + len(test) != n or not torch.equal(torch.cat([train, test]).sort().values, torch.arange(n)):
+        both = torch.cat([train, test])
+        if len(both) != n or not torch.equal(both.sort().values, torch.arange(n)):
             raise CheckFailed(ex, "train_idx and test_idx together must hold every row index 0..n-1 exactly once (indices of rows, not prompt ids).")
         if set(ids[train].tolist()) & set(ids[test].tolist()):
             raise CheckFailed(ex, "the same sentence is in train and test: some prompt has tokens on both sides. Split the prompt ids, then send every row of a prompt to its prompt's side.")
@@ -118,10 +120,10 @@ def check_split_by_prompt(learner: Callable, prompt_ids: Int[Tensor, "n"]) -> No
         if abs(share - fraction) > 0.1:
             raise CheckFailed(ex, f"about a fraction test_fraction={fraction} of the prompts should be in the test set; you put {share:.0%} of them there.")
         splits.append(test)
-    other = learner(cases[0][0], 0.25, 1)
-    if torch.equal(_as_long(other[1], ex, "test_idx").sort().values, splits[0].sort().values):
+    _, other = _split_parts(call_learner(ex, learner, cases[0][0], 0.25, 1), ex)
+    if torch.equal(other.sort().values, splits[0].sort().values):
         raise CheckFailed(ex, "your split is the same for seeds 0 and 1: pick the test prompts at random with the seed (torch.Generator().manual_seed(seed)).")
-    passed(ex, "whole prompts on one side, every row once, seeded (the example and a fresh random input).")
+    passed(ex, "whole prompts on one side, every row once, seeded (the example and 2 fresh random inputs).")
 
 
 # 08.3 ---------------------------------------------------------------------------------
@@ -138,17 +140,10 @@ def check_control_task(learner: Callable, word_types: Int[Tensor, "n"], labels: 
     # skewed classes (60/25/10/5 %), and the real label depends on the type (as POS does)
     type_label = torch.multinomial(torch.tensor([0.6, 0.25, 0.1, 0.05]), 7 * n_types + 3, replacement=True, generator=gen)
     fresh_labels = type_label[types]
-    cases = [(torch.as_tensor(word_types), torch.as_tensor(labels)), (types, fresh_labels)]
+    cases = [(torch.as_tensor(word_types).clone(), torch.as_tensor(labels).clone()), (types, fresh_labels)]
     for i, (t, y) in enumerate(cases):
         where = "on the notebook's example" if i == 0 else "on a fresh random input"
-        try:
-            out = learner(t, y, 0)
-        except NotImplementedError:
-            raise CheckFailed(ex, "not implemented yet: replace the `raise NotImplementedError` line.") from None
-        except CheckFailed:
-            raise
-        except Exception as err:
-            raise CheckFailed(ex, f"your function raised {type(err).__name__}: {err}") from None
+        out = check_seeded(ex, learner, t, y, 0)
         control = _as_long(out, ex, "the control labels")
         if control.shape != y.shape:
             raise CheckFailed(ex, f"{where} return one control label per row ({len(y)}), got {len(control)}.")
@@ -170,7 +165,7 @@ def check_control_task(learner: Callable, word_types: Int[Tensor, "n"], labels: 
                     f"draw each type's label from the task's label distribution (e.g. the label of a random row), not uniformly over the classes: "
                     f"the task's class shares are {[round(v, 2) for v in expected.tolist()]}, your types' are {[round(v, 2) for v in got.tolist()]}.",
                 )
-            if torch.equal(_as_long(learner(t, y, 1), ex, "the control labels"), control):
+            if torch.equal(_as_long(call_learner(ex, learner, t, y, 1), ex, "the control labels"), control):
                 raise CheckFailed(ex, "your control labels are the same for seeds 0 and 1: draw them with a generator seeded by `seed`.")
     passed(ex, "one fixed label per word type, with the task's label distribution (the example and a fresh random input).")
 
