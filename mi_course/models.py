@@ -8,7 +8,8 @@ Three models ship inside the package and load offline in well under a second:
 - ``"toy-lm"``: a small GPT-style model trained on the course's synthetic English.
 
 ``"gpt2-small"`` is TransformerLens's pretrained GPT-2 small, downloaded from the Hugging
-Face hub when it is reachable (e.g. on Colab).
+Face hub when it is reachable (e.g. on Colab) and read from the local Hugging Face cache
+when the hub is offline (HF_HUB_OFFLINE) or unreachable.
 
 A trained model lives in ``mi_course/zoo/<name>/`` as config.json, model.safetensors,
 tokenizer.json and MODEL_CARD.md, written by `mi_course.training.save_model`.
@@ -17,20 +18,30 @@ tokenizer.json and MODEL_CARD.md, written by `mi_course.training.save_model`.
 from __future__ import annotations
 
 import difflib
+import errno
 import functools
 import json
 import os
+import socket
+import sys
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import LocalEntryNotFoundError
+from packaging.requirements import Requirement
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from mi_course.circuits import Circuit
 
@@ -47,6 +58,7 @@ __all__ = [
     "ground_truth",
     "load_from_directory",
     "load_model",
+    "supported_versions",
     "word_level_tokenizer",
     "wrap_tokenizer",
 ]
@@ -55,6 +67,10 @@ MODEL_NAMES = ("handwired-induction", "attn-only-2l", "toy-lm", "gpt2-small")
 OFFLINE_MODELS = ("handwired-induction", "attn-only-2l", "toy-lm")
 ZOO = Path(__file__).resolve().parent / "zoo"
 ZOO_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+GPT2_REPO = "gpt2"  # the hub repository of GPT-2 small
+HUB_PROBE_TIMEOUT_S = 3.0
+NETWORK_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
+TESTED_WITH = {"transformer-lens": "3.9.0", "transformers": "5.25.0"}  # what CI ran this release with
 
 
 class UnknownModelError(ValueError):
@@ -78,7 +94,7 @@ class DeviceUnavailableError(RuntimeError):
 
 
 class ModelOfflineError(RuntimeError):
-    """GPT-2 small needs the Hugging Face hub, which is offline or unreachable."""
+    """GPT-2 small is not in the local cache, and the Hugging Face hub is offline or unreachable."""
 
 
 def _check_name(name: str) -> None:
@@ -206,28 +222,137 @@ def load_from_directory(directory: Path, device: str = "cpu") -> HookedTransform
 
 
 def _hub_offline() -> bool:
-    return any(os.environ.get(var, "").lower() in ("1", "true", "yes", "on") for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    """Whether HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set now or was when huggingface_hub was imported."""
+    return hf_constants.HF_HUB_OFFLINE or any(
+        os.environ.get(var, "").lower() in ("1", "true", "yes", "on") for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub's endpoint (or to the HTTPS proxy set in the environment) opens in time.
+
+    One quick probe, so that an unreachable hub costs seconds instead of huggingface_hub's
+    minutes of retries for every file.
+    """
+    target = urllib.parse.urlsplit(hf_constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        target = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((target.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _is_network_error(err: BaseException | None) -> bool:
+    """Whether `err`, or an exception it was raised from, says that the hub or a file it serves was out of reach.
+
+    Covers files missing from the cache when only the cache may be read (huggingface_hub's
+    LocalEntryNotFoundError), offline mode, and failed connections, timeouts and DNS look-ups.
+    """
+    while err is not None:
+        if isinstance(err, (LocalEntryNotFoundError, ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        if isinstance(err, OSError) and err.errno in NETWORK_ERRNOS:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _offline_message(reason: str) -> str:
     return (
-        f"'gpt2-small' is downloaded from the Hugging Face hub, and {reason}. "
+        f"'gpt2-small' is loaded from the Hugging Face hub or its local cache, but {reason}. "
         f"The course's own models work offline: {', '.join(map(repr, OFFLINE_MODELS))} "
         "(for example load_model('toy-lm') for the IOI, greater-than and agreement tasks). "
-        "To use GPT-2 small, run the notebook where the hub is reachable (e.g. Colab) "
-        "with HF_HUB_OFFLINE unset."
+        "To use GPT-2 small, run the notebook once where the hub is reachable (e.g. Colab) "
+        "with HF_HUB_OFFLINE unset: after that it loads from the cache, offline too."
     )
 
 
-def _load_gpt2(device: torch.device) -> HookedTransformer:
-    if _hub_offline():
-        raise ModelOfflineError(_offline_message("HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"))
+def _requirement(dist: str, name: str) -> str:
     try:
-        model = HookedTransformer.from_pretrained("gpt2", device=str(device))
-    except Exception as err:  # network errors come from requests, httpx or huggingface_hub
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ModelOfflineError(_offline_message(f"the hub could not be reached ({type(err).__name__}: {first_line})")) from None
+        requirements = [Requirement(line) for line in metadata.requires(dist) or []]
+    except metadata.PackageNotFoundError:
+        return "(unknown)"
+    specifiers = next((sorted(map(str, req.specifier), reverse=True) for req in requirements if req.name == name), [])
+    return ",".join(specifiers) or "(any version)"
+
+
+def _installed(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def supported_versions() -> str:
+    """One line: the transformer-lens and transformers versions the course supports, was tested with, and finds here."""
+    return (
+        f"The course supports transformer-lens {_requirement('mi-course', 'transformer-lens')} with the transformers "
+        f"it requires ({_requirement('transformer-lens', 'transformers')}); it was tested with transformer-lens "
+        f"{TESTED_WITH['transformer-lens']} and transformers {TESTED_WITH['transformers']}; this environment has "
+        f"transformer-lens {_installed('transformer-lens')} and transformers {_installed('transformers')}."
+    )
+
+
+def _gpt2_cached() -> bool:
+    """Whether the local cache holds GPT-2's config.json and weights."""
+    def cached(filename: str) -> bool:
+        return isinstance(try_to_load_from_cache(GPT2_REPO, filename), str)
+
+    return cached("config.json") and (cached("model.safetensors") or cached("pytorch_model.bin"))
+
+
+def _not_cached_message(offline: bool) -> str:
+    why = "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set" if offline else f"the hub ({hf_constants.ENDPOINT}) cannot be reached"
+    return _offline_message(f"{why} and GPT-2 is not (completely) in the local cache {hf_constants.HF_HUB_CACHE}")
+
+
+def _load_gpt2(device: torch.device) -> HookedTransformer:
+    """GPT-2 small from the hub, or from the local cache when the hub is offline or unreachable.
+
+    Only a hub out of reach raises ModelOfflineError (with GPT-2 not cached, or a download
+    cut off); any other failure keeps its own type and gains a line on the supported versions.
+    """
+    offline = _hub_offline()
+    cache_only = offline or not _hub_reachable()
+    if cache_only and not _gpt2_cached():
+        raise ModelOfflineError(_not_cached_message(offline))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(GPT2_REPO, add_bos_token=True, local_files_only=cache_only)
+        model = HookedTransformer.from_pretrained(GPT2_REPO, device=str(device), tokenizer=tokenizer, local_files_only=cache_only)
+    except Exception as err:  # the hub's client, transformers and TransformerLens raise assorted types
+        if not _is_network_error(err):
+            raise _with_versions_line(err)
+        if cache_only:  # a file the checks above do not cover, such as the tokenizer's
+            raise ModelOfflineError(_not_cached_message(offline)) from None
+        reason = f"the hub could not be reached ({type(err).__name__}: {_first_line(err)})"
+        raise ModelOfflineError(_offline_message(reason)) from None
     return model.eval()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _with_versions_line(err: Exception) -> Exception:
+    """`err` with `supported_versions()` as its last line: a note on Python >= 3.11.
+
+    Python 3.10 has no notes: there it is a new exception of the same type, raised from `err`
+    (or `err` unchanged when its type cannot be built from a message).
+    """
+    if sys.version_info >= (3, 11):
+        err.add_note(supported_versions())
+        return err
+    try:
+        annotated = type(err)(f"{err}\n{supported_versions()}")
+    except Exception:  # a type whose constructor takes other arguments
+        return err
+    annotated.__cause__ = err
+    return annotated
 
 
 def load_model(name: str, device: str = "cpu") -> HookedTransformer:

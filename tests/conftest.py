@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from gpt2_standin import build_gpt2_standin, gpt2_tokenizer_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,13 +16,6 @@ collect_ignore_glob = ["fixtures/*"]
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT
-
-
-def gpt2_tokenizer_dir() -> Path | None:
-    """../shared/fixtures/gpt2-tokenizer, or $MI_COURSE_GPT2_TOKENIZER; None if absent."""
-    env = os.environ.get("MI_COURSE_GPT2_TOKENIZER")
-    path = Path(env) if env else ROOT.parent / "shared" / "fixtures" / "gpt2-tokenizer"
-    return path if (path / "vocab.json").exists() else None
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +29,16 @@ def gpt2_tokenizer():
 
     bpe = ByteLevelBPETokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def gpt2_hf_home(tmp_path_factory) -> Path:
+    """An HF_HOME whose hub cache holds a small random-weight stand-in for "gpt2" (see tests/gpt2_standin.py).
+
+    Skips when the GPT-2 tokenizer fixture is absent.
+    """
+    if gpt2_tokenizer_dir() is None:
+        pytest.skip("GPT-2 tokenizer fixture not found at ../shared/fixtures/gpt2-tokenizer (set MI_COURSE_GPT2_TOKENIZER)")
+    hf_home = tmp_path_factory.mktemp("gpt2-hf-home")
+    build_gpt2_standin(hf_home)
+    return hf_home

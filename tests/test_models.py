@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import time
+from importlib import metadata
 
 import pytest
 import torch
+from huggingface_hub.errors import LocalEntryNotFoundError
+from packaging.requirements import Requirement
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformers import AutoTokenizer
 
 import mi_course
 from mi_course import models
@@ -27,6 +36,13 @@ from mi_course.models import (
     word_level_tokenizer,
 )
 from mi_course.training import save_model
+
+from gpt2_standin import build_gpt2_standin
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 SHIPPED = [name for name in ("attn-only-2l", "toy-lm") if (ZOO / name / "model.safetensors").exists()]
 
@@ -150,21 +166,204 @@ def test_nonsense_device():
         load_model("handwired-induction", device="gpu please")
 
 
-def test_gpt2_small_offline_names_the_offline_models(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelOfflineError) as err:
-        load_model("gpt2-small")
-    message = str(err.value)
-    assert "HF_HUB_OFFLINE" in message and "\n" not in message
-    assert all(name in message for name in models.OFFLINE_MODELS)
+# GPT-2 small from a Hugging Face cache. huggingface_hub and transformers read HF_HOME and
+# HF_HUB_OFFLINE when they are imported, so each case runs in a fresh interpreter with its own
+# environment. There, DNS look-ups and connections to anything but loopback fail at once and
+# are counted, which shows how often the loader tries the network without timing it.
+NETWORK_GUARD = """
+import json, socket
+ATTEMPTS = []
+_getaddrinfo, _connect = socket.getaddrinfo, socket.socket.connect
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+def _blocked_getaddrinfo(host, *args, **kwargs):
+    if (host.decode() if isinstance(host, bytes) else host) not in _LOOPBACK:
+        ATTEMPTS.append(str(host))
+        raise socket.gaierror(socket.EAI_NONAME, "network blocked in tests")
+    return _getaddrinfo(host, *args, **kwargs)
+
+def _blocked_connect(self, address, *args):
+    if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in _LOOPBACK:
+        ATTEMPTS.append(str(address[0]))
+        raise OSError("network blocked in tests")
+    return _connect(self, address, *args)
+
+socket.getaddrinfo, socket.socket.connect = _blocked_getaddrinfo, _blocked_connect
+"""
+
+LOAD_AND_REPORT_ERROR = """
+from mi_course.models import load_model
+try:
+    load_model("gpt2-small")
+    error = None
+except Exception as err:
+    chained = err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__)
+    error = {"type": type(err).__name__, "message": str(err), "notes": getattr(err, "__notes__", []), "chained": chained}
+print(json.dumps({"error": error, "attempts": ATTEMPTS}))
+"""
+
+HF_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
-def test_gpt2_small_with_an_unreachable_hub(monkeypatch):
-    # The test harness blocks sockets: the download fails and must become the same short error.
-    monkeypatch.setattr(models, "_hub_offline", lambda: False)
-    with pytest.raises(ModelOfflineError, match="could not be reached") as err:
-        load_model("gpt2-small")
-    assert err.value.__cause__ is None and err.value.__suppress_context__
+def run_fresh(code: str, hf_home, *, offline: bool, cwd) -> dict:
+    """Run NETWORK_GUARD + `code` in a new interpreter with HF_HOME=`hf_home`; the JSON of its last line."""
+    env = {k: v for k, v in os.environ.items() if k not in HF_VARIABLES and "proxy" not in k.lower()}
+    env["HF_HOME"] = str(hf_home)
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    # cwd: TransformerLens takes a folder named "gpt2" in the working directory for the model.
+    proc = subprocess.run([sys.executable, "-c", NETWORK_GUARD + code], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def copy_of_standin(gpt2_hf_home, tmp_path):
+    """A copy of the stand-in's HF_HOME, and its snapshot folder, to damage."""
+    hf_home = shutil.copytree(gpt2_hf_home, tmp_path / "hf-home")
+    (snapshot,) = (hf_home / "hub" / "models--gpt2" / "snapshots").iterdir()
+    return hf_home, snapshot
+
+
+def test_the_gpt2_standin_is_laid_out_and_tokenizes_like_the_hub_gpt2(gpt2_hf_home, gpt2_tokenizer, tmp_path):
+    repo = gpt2_hf_home / "hub" / "models--gpt2"
+    snapshot = repo / "snapshots" / (repo / "refs" / "main").read_text()
+    config = json.loads((snapshot / "config.json").read_text())
+    assert (config["model_type"], config["architectures"], config["vocab_size"]) == ("gpt2", ["GPT2LMHeadModel"], 50257)
+    assert {"model.safetensors", "generation_config.json", "tokenizer.json", "vocab.json", "merges.txt"} <= {p.name for p in snapshot.iterdir()}
+    tokenizer = AutoTokenizer.from_pretrained(snapshot)  # a folder: no hub involved
+    text = " Mary and John met at 17:41, café <|endoftext|>  twice"
+    assert tokenizer.encode(text) == gpt2_tokenizer.encode(text) and tokenizer.eos_token_id == 50256
+    with pytest.raises(ValueError, match="divisible"):
+        build_gpt2_standin(tmp_path, n_embd=64, n_head=5)
+
+
+def test_gpt2_small_loads_from_the_cache_offline_and_computes_what_transformers_computes(gpt2_hf_home, tmp_path):
+    code = """
+import torch
+from transformers import GPT2LMHeadModel
+from mi_course.models import load_model
+model = load_model("gpt2-small")
+tokens = model.to_tokens("When Mary and John went to the store, John gave a drink to")
+reference = GPT2LMHeadModel.from_pretrained("gpt2", local_files_only=True).eval()
+with torch.no_grad():
+    ours = model(tokens).log_softmax(-1)
+    theirs = reference(tokens).logits.log_softmax(-1)
+print(json.dumps({
+    "training": model.training, "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model,
+    "names": model.to_tokens(" Mary John")[0].tolist(), "bos": model.tokenizer.bos_token_id,
+    "max_diff": (ours - theirs).abs().max().item(),
+    "shifted_diff": (ours[:, 1:] - theirs[:, :-1]).abs().max().item(),
+    "attempts": ATTEMPTS,
+}))
+"""
+    result = run_fresh(code, gpt2_hf_home, offline=True, cwd=tmp_path)
+    assert not result["training"]
+    assert (result["n_layers"], result["d_model"]) == (2, 64)  # the stand-in, not some other GPT-2
+    assert result["names"] == [result["bos"], 5335, 1757]  # BOS, " Mary", " John" as GPT-2 tokenizes them
+    assert result["max_diff"] < 1e-4
+    assert result["shifted_diff"] > 100 * 1e-4  # the tolerance tells positions apart
+    assert result["attempts"] == []
+
+
+@pytest.mark.parametrize("cache", ["empty", "without weights"])
+def test_gpt2_small_offline_and_not_cached_names_the_offline_models(cache, gpt2_hf_home, tmp_path):
+    hf_home = tmp_path / "hf-home"
+    if cache == "empty":
+        hf_home.mkdir()
+    else:
+        hf_home, snapshot = copy_of_standin(gpt2_hf_home, tmp_path)
+        (snapshot / "model.safetensors").unlink()
+    result = run_fresh(LOAD_AND_REPORT_ERROR, hf_home, offline=True, cwd=tmp_path)
+    error = result["error"]
+    assert error is not None and error["type"] == ModelOfflineError.__name__
+    assert "HF_HUB_OFFLINE" in error["message"] and str(hf_home / "hub") in error["message"]
+    assert "\n" not in error["message"] and all(name in error["message"] for name in models.OFFLINE_MODELS)
+    assert not error["chained"]  # one short error, not the hub client's traceback
+    assert result["attempts"] == []
+
+
+def test_gpt2_small_with_an_unreachable_hub_loads_from_the_cache_after_one_probe(gpt2_hf_home, tmp_path):
+    code = """
+from mi_course.models import load_model
+model = load_model("gpt2-small")
+print(json.dumps({"d_model": model.cfg.d_model, "names": model.to_str_tokens(" Mary John"), "attempts": ATTEMPTS}))
+"""
+    result = run_fresh(code, gpt2_hf_home, offline=False, cwd=tmp_path)
+    assert result["d_model"] == 64 and result["names"] == ["<|endoftext|>", " Mary", " John"]
+    # The loader's own probe, and huggingface_hub's one-off fetch of its agent registry (3 s
+    # timeout, no retries); the hub's download retries would make dozens of attempts, minutes apart.
+    assert 1 <= len(result["attempts"]) <= 2
+    assert set(result["attempts"]) == {"huggingface.co"}
+
+
+def test_gpt2_small_with_an_unreachable_hub_and_no_cache(tmp_path):
+    (tmp_path / "hf-home").mkdir()
+    result = run_fresh(LOAD_AND_REPORT_ERROR, tmp_path / "hf-home", offline=False, cwd=tmp_path)
+    error = result["error"]
+    assert error is not None and error["type"] == ModelOfflineError.__name__
+    assert "cannot be reached" in error["message"] and all(name in error["message"] for name in models.OFFLINE_MODELS)
+    assert 1 <= len(result["attempts"]) <= 2  # as above: no retries
+
+
+@pytest.mark.parametrize(
+    "damage, error_type, says",
+    [
+        ("architecture", "NotImplementedError", "NotAGPT2 is not currently supported"),
+        ("weights", "SafetensorError", "header"),
+    ],
+)
+def test_gpt2_small_failing_for_another_reason_keeps_its_error_and_names_the_versions(damage, error_type, says, gpt2_hf_home, tmp_path):
+    hf_home, snapshot = copy_of_standin(gpt2_hf_home, tmp_path)
+    if damage == "architecture":  # a config.json that TransformerLens cannot convert
+        config = json.loads((snapshot / "config.json").read_text())
+        (snapshot / "config.json").write_text(json.dumps({**config, "architectures": ["NotAGPT2"]}))
+    else:
+        (snapshot / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
+    error = run_fresh(LOAD_AND_REPORT_ERROR, hf_home, offline=True, cwd=tmp_path)["error"]
+    assert error is not None and error["type"] == error_type and says in error["message"]
+    assert error["notes"] == [models.supported_versions()]
+
+
+def test_supported_versions_come_from_the_package_requirements(root):
+    line = models.supported_versions()
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    (tl_range,) = [Requirement(r).specifier for r in pyproject["project"]["dependencies"] if Requirement(r).name == "transformer-lens"]
+    assert f"transformer-lens {','.join(sorted(map(str, tl_range), reverse=True))} " in line
+    assert f"this environment has transformer-lens {metadata.version('transformer-lens')} and transformers {metadata.version('transformers')}" in line
+    assert "\n" not in line
+
+
+def test_only_unreachable_hubs_count_as_network_errors():
+    def raised_from(cause: BaseException) -> OSError:
+        try:
+            try:
+                raise cause
+            except BaseException as inner:
+                raise OSError("We couldn't connect to the hub") from inner
+        except OSError as outer:
+            return outer
+
+    assert models._is_network_error(raised_from(socket.gaierror(socket.EAI_NONAME, "unknown host")))
+    assert models._is_network_error(raised_from(ConnectionRefusedError()))
+    assert models._is_network_error(raised_from(OSError(errno.ENETUNREACH, "Network is unreachable")))
+    assert models._is_network_error(LocalEntryNotFoundError("not in the cache"))
+    assert not models._is_network_error(raised_from(ValueError("bad config")))
+    assert not models._is_network_error(FileNotFoundError(errno.ENOENT, "model.safetensors"))
+    assert not models._is_network_error(AttributeError("'GPT2Config' object has no attribute 'n_inner'"))
+
+
+PROXY_VARIABLES = ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY")
+
+
+def test_the_hub_probe_connects_to_the_hub_or_to_the_proxy(monkeypatch):
+    for var in PROXY_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    assert not models._hub_reachable(timeout=1.0)  # the root conftest blocks every non-loopback socket
+    with socket.create_server(("127.0.0.1", 0)) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert models._hub_reachable(timeout=1.0)
+        monkeypatch.setenv("NO_PROXY", "huggingface.co")
+        assert not models._hub_reachable(timeout=1.0)
 
 
 def test_ground_truth_only_for_the_handwired_model():
