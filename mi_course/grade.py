@@ -36,6 +36,7 @@ from mi_course.build import KEY, Exercise, repo_root
 ANSI = re.compile(r"(\x1b|#x1B)\[[0-9;]*m")  # JUnit XML writes the escape character as "#x1B"
 HINT = re.compile(r"Hint: (.*)")
 VERIFY_ROLE = "verify"
+BASELINE_ROLE = "baseline"
 # Text in a failed cell's report -> what happened (a status, once per kind).
 EVENTS = {
     "Failed to interrupt kernel": "kernel died or stopped responding",
@@ -92,6 +93,7 @@ class CourseNotebook:
     imported: set[str]  # names the course cells bind by import
     protected: set[str]  # names the check cells use and exercise code must not rebind
     bindings: dict[str, tuple[str, str | None]]  # protected imported names -> (module, attribute)
+    imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # every name the course cells import
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Course:
     notebooks: dict[str, CourseNotebook]
     packages: dict[str, Path]  # watched top-level modules -> package folder or module file
     digests: dict[str, str]
+    references: dict[str, tuple[str, ...]] = field(default_factory=dict)  # exercise -> the course's own implementations
 
 
 @dataclass
@@ -143,8 +146,9 @@ def _course_notebook(name: str, nb: nbformat.NotebookNode) -> CourseNotebook:
     course_tree, check_tree, exercise_tree = (_parse(cells, name) for cells in (course_code, check_code, exercise_code))
     # Names the check cells take from the notebook, and `globals`, which the verifier cells call.
     protected = (integrity.free_names(check_tree) | {"globals"}) - integrity.bound_names(exercise_tree)
-    bindings = {k: v for k, v in integrity.import_bindings(course_tree.body).items() if k in protected}
-    return CourseNotebook(name, nb, exercises, integrity.imported_names(course_tree), protected, bindings)
+    imports = integrity.import_bindings(course_tree.body)
+    bindings = {k: v for k, v in imports.items() if k in protected}
+    return CourseNotebook(name, nb, exercises, integrity.imported_names(course_tree), protected, bindings, imports)
 
 
 def _parse(cells: list[str], name: str) -> ast.Module:
@@ -176,7 +180,18 @@ def load_course(root: Path | None = None) -> Course:
         name = nb.metadata.get(KEY, {}).get("notebook", path.stem)
         notebooks[name] = _course_notebook(name, nb)
     packages = _packages(root)
-    return Course(root, notebooks, packages, integrity.file_digests(packages))
+    return Course(root, notebooks, packages, integrity.file_digests(packages), _references(packages["mi_course"]))
+
+
+def _references(package: Path) -> dict[str, tuple[str, ...]]:
+    """Each exercise's reference implementations, from the ``REFERENCES`` literal of the check modules (read, not imported)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for path in sorted((package / "checks").glob("nb*.py")):
+        for node in ast.parse(path.read_text()).body:
+            target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0] if isinstance(node, ast.Assign) else None
+            if isinstance(target, ast.Name) and target.id == "REFERENCES" and node.value is not None:
+                found.update({k: tuple(v) for k, v in ast.literal_eval(node.value).items()})
+    return found
 
 
 def find_submissions(folder: Path) -> tuple[list[tuple[str, Path]], list[Result]]:
@@ -248,6 +263,8 @@ def rebuild(nb: nbformat.NotebookNode, cnb: CourseNotebook, course: Course, resu
         new = copy.deepcopy(cell)
         if cell.cell_type == "code":
             new.outputs, new.execution_count = [], None
+        if cell.id in exercise_of and not any(c.metadata.get(KEY, {}).get("role") == BASELINE_ROLE for c in out.cells):
+            out.cells.append(_baseline_cell(course))  # before any of the student's code runs
         if cell.id in exercise_of:
             ex = exercise_of[cell.id]
             theirs = by_id.get(cell.id) or by_exercise.get(ex.id)
@@ -259,6 +276,9 @@ def rebuild(nb: nbformat.NotebookNode, cnb: CourseNotebook, course: Course, resu
             if findings:
                 result.flags.append(f"tampering in exercise {ex.id}: " + "; ".join(findings))
                 tampered_from = tampered_from or ex.id
+            uses = integrity.reference_uses(new.source, course.references.get(ex.id, ()), cnb.imports)
+            if uses:  # not tampering, and the check still decides the points: for the instructor to look at
+                result.flags.append(f"to review: exercise {ex.id} calls the course's reference implementation: " + "; ".join(uses))
         if cell.id in check_of:
             ex = check_of[cell.id]
             theirs = by_id.get(cell.id)
@@ -272,6 +292,25 @@ def rebuild(nb: nbformat.NotebookNode, cnb: CourseNotebook, course: Course, resu
         else:
             out.cells.append(new)
     return out, tampered_from
+
+
+def _baseline_cell(course: Course) -> nbformat.NotebookNode:
+    """A cell that records what the checks rely on (torch, numpy, builtins, the course), before any student code runs."""
+    source = (
+        "# mi-course grader: what the checks rely on, recorded before the first exercise\n"
+        f"import {integrity.ENVIRONMENT_MODULE} as _mi_env\n"
+        f"_mi_env.baseline({sorted(course.packages)!r})\n"
+        f"print({integrity.ENVIRONMENT_LINE!r} + _mi_env.digest())\n"
+        "del _mi_env"
+    )
+    cell = nbformat.v4.new_code_cell(source, metadata={KEY: {"role": BASELINE_ROLE}})
+    cell.id = "mi-course-baseline"
+    return cell
+
+
+def _environment_digest(stdout: str) -> str | None:
+    found = [line[len(integrity.ENVIRONMENT_LINE):].strip() for line in stdout.splitlines() if line.startswith(integrity.ENVIRONMENT_LINE)]
+    return found[-1] if found else None
 
 
 def _verify_cell(exercise: str, when: str, n: int, cnb: CourseNotebook, course: Course) -> nbformat.NotebookNode:
@@ -424,13 +463,24 @@ def score(result: Result, run: nbformat.NotebookNode, cnb: CourseNotebook, cells
     exercise_of = {e.exercise_cell: e for e in cnb.exercises}
     check_of = {e.check_cell: e for e in cnb.exercises}
     first_tampered = len(code)
+    baseline = None
     for n, (cell, res) in enumerate(zip(code, results)):
         meta = cell.metadata.get(KEY, {})
+        if meta.get("role") == BASELINE_ROLE:
+            baseline = _environment_digest(res.stdout) if res.outcome == "passed" else None
         if cell.id in exercise_of and exercise_of[cell.id].id == tampered_from:
             first_tampered = min(first_tampered, n)
         elif meta.get("role") == VERIFY_ROLE and res.outcome == "failed" and first_tampered == len(code):
             first_tampered = n if meta["when"] == "before" else n - 1  # the check cell it follows
             result.flags.append(f"tampering detected at run time {meta['when']} exercise {meta['exercise']}: {_last_line(res.message)}")
+        elif meta.get("role") == VERIFY_ROLE and res.outcome == "passed" and first_tampered == len(code) and _environment_digest(res.stdout) != baseline:
+            # The verifier compared the environment with a baseline that is not the one recorded before the
+            # student's code ran (or printed nothing it should have): someone replaced the baseline.
+            first_tampered = n if meta["when"] == "before" else n - 1
+            result.flags.append(
+                f"tampering detected at run time {meta['when']} exercise {meta['exercise']}: the record of torch, numpy and the "
+                "builtins was replaced (its digest differs from the one taken before the first exercise)"
+            )
     for n, (cell, res) in enumerate(zip(code, results)):
         meta = cell.metadata.get(KEY, {})
         where = f"exercise {meta.get('exercise')}" if meta.get("exercise") else f"cell {n}"

@@ -184,6 +184,60 @@ def scan(source: str, modules: set[str], protected: set[str], bindings: dict[str
     return list(dict.fromkeys(found))
 
 
+def reference_uses(source: str, references: tuple[str, ...] | list[str], bindings: dict[str, tuple[str, str | None]]) -> list[str]:
+    """The course's reference implementations (qualified names, ``"mi_course.patching.ablate_head_hook"``)
+    that one exercise cell's code uses, found statically: through the notebook's imports
+    (``bindings``: :func:`import_bindings` of the course cells) or the cell's own, by attribute
+    chains (``patching.ablate_head_hook``, ``mi_course.patching.ablate_head_hook``), star imports,
+    and methods called on a parameter annotated with the class (``def f(sae: sae.SAE): sae.encode(x)``).
+    Not tampering: a finding for the instructor to review.
+    """
+    if not references:
+        return []
+    try:
+        tree = ast.parse(python_source(source))
+    except SyntaxError:
+        return []
+    own = import_bindings([n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))])
+    names = {**bindings, **own}
+    local = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    local |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.arguments) for a in n.posonlyargs + n.args + n.kwonlyargs}
+    local -= set(own)
+    wanted = set(references)
+    stars = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) and n.module}
+
+    def qualified(node: ast.AST, annotation: bool = False) -> str | None:
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name) or node.id in local and node.id not in typed and not annotation:
+            return None
+        if node.id in typed and not annotation:
+            return ".".join([typed[node.id], *reversed(parts)])
+        if node.id in names:
+            module, attr = names[node.id]
+            return ".".join([module] + ([attr] if attr else []) + list(reversed(parts)))
+        for module in stars:
+            if f"{module}.{node.id}" in wanted:
+                return ".".join([module, node.id, *reversed(parts)])
+        return None
+
+    typed: dict[str, str] = {}  # parameters annotated with a class of the course
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg) and node.annotation is not None:
+            annotation = qualified(node.annotation, annotation=True)
+            if annotation and any(r.startswith(annotation + ".") for r in wanted):
+                typed[node.arg] = annotation
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Attribute, ast.Name)) and isinstance(node.ctx, ast.Load):
+            name = qualified(node)
+            if name in wanted:
+                found.append(f"line {node.lineno}: uses {name}, the course's own implementation of this exercise")
+    return list(dict.fromkeys(found))
+
+
 # ----- runtime verification -------------------------------------------------------------
 
 
@@ -345,3 +399,25 @@ def verify(digests: dict[str, str], packages: list[str], bindings: dict, namespa
     for name, module in list(sys.modules.items()):
         if name.split(".")[0] in packages:
             _check_module(name, module, digests, packages, cache)
+    check_environment()
+
+
+ENVIRONMENT_MODULE = "mi_course.checks.environment"
+ENVIRONMENT_LINE = "mi-course environment: "
+
+
+def check_environment() -> None:
+    """Torch, numpy, the builtins and the course's own namespaces must be as the baseline recorded
+    them (:mod:`mi_course.checks.environment`, whose code :func:`verify` has just checked).
+
+    Prints the baseline's digest, which the grader compares, outside the kernel, with the one the
+    baseline cell printed before any student code ran: a baseline replaced to hide a change shows.
+    """
+    env = sys.modules.get(ENVIRONMENT_MODULE)
+    if env is None:
+        print(f"{ENVIRONMENT_LINE}none")
+        return
+    found = env.changes()
+    if found:
+        raise TamperError("the environment the checks rely on was changed: " + "; ".join(found))
+    print(f"{ENVIRONMENT_LINE}{env.digest()}")

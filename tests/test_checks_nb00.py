@@ -18,7 +18,19 @@ def fails_with(check, *args, hint: str) -> None:
 
 # ---------------------------------------------------------------- 00.1
 
-REFERENCE_ANSWERS = {study: set(labels) for study, (labels, _) in nb00.STUDIES.items()}
+REFERENCE_ANSWERS = {study: set(nb00._answer(study)[0]) for study in nb00.STUDIES}
+
+
+def test_classification_answers_are_not_readable_from_the_package(root):
+    """Sealed: the package holds check values and encrypted explanations, not the sets of codes or the reasons."""
+    assert REFERENCE_ANSWERS["G"] == set() and REFERENCE_ANSWERS["D"] == {"BC"}  # the check itself can find them
+    package = "\n".join(p.read_text() for p in (root / "mi_course").rglob("*.py"))
+    for study in nb00.STUDIES:
+        codes, why = nb00._answer(study)
+        assert why[:60] not in package and why[-60:] not in package
+    assert "probe only shows the information is decodable" not in package
+    salt, check, sealed = nb00._seal("A", REFERENCE_ANSWERS["A"], "why")
+    assert nb00._key("A", salt, frozenset(REFERENCE_ANSWERS["A"])) and check not in package
 
 
 def test_classification_reference_passes(capsys):

@@ -27,6 +27,18 @@ SOLVED = {
     "ex2": "def scale(xs, k):\n    return [x * k for x in xs]",
     "ex3": "answer = 42",
 }
+WRONG_SCALE = "def scale(xs, k):\n    return xs * 0  # the right shape, the wrong values"
+# Makes torch's comparisons say "equal" by routes the static scan does not name: a module's
+# namespace through vars(), a class attribute through type(), a numpy function.
+LYING_COMPARISONS = """
+import numpy, torch
+ops = vars(torch)
+for name in ("allclose", "equal", "isclose"):
+    ops[name] = lambda *args, **kwargs: True
+vars(numpy)["allclose"] = vars(numpy)["array_equal"] = lambda *args, **kwargs: True
+tensor_type = type(torch.zeros(1))
+tensor_type.__eq__ = lambda self, other: torch.ones(self.shape, dtype=torch.bool)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +98,19 @@ CASES = {
     "patches_comparison": submission(
         ex1="import mi_course.checks.core as core\nvars(core)['close'] = lambda *a, **k: True\ndef add(a, b):\n    return 0"
     ),
+    "lying_comparisons": submission(ex1=SOLVED["ex1"], ex2=LYING_COMPARISONS + WRONG_SCALE, ex3=SOLVED["ex3"]),
+    "lying_comparisons_and_baseline": submission(  # also records a new baseline, to hide the change from the verifier
+        ex1=SOLVED["ex1"],
+        ex2=LYING_COMPARISONS + "import mi_course.checks.environment as env\nvars(env).update(_BASELINE=None)\nenv.baseline()\n" + WRONG_SCALE,
+        ex3=SOLVED["ex3"],
+    ),
+    "torch_mode": submission(  # intercepts every torch call without replacing anything
+        ex1=SOLVED["ex1"],
+        ex2="import torch\nclass Equal(torch.overrides.TorchFunctionMode):\n    def __torch_function__(self, func, types, args=(), kwargs=None):\n"
+        "        return True if func in (torch.allclose, torch.equal) else func(*args, **(kwargs or {}))\nEqual().__enter__()\n" + WRONG_SCALE,
+        ex3=SOLVED["ex3"],
+    ),
+    "wrong_scale": submission(ex1=SOLVED["ex1"], ex2=WRONG_SCALE, ex3=SOLVED["ex3"]),
     "faked_outputs": faked_outputs(),
     "exits": submission(ex1=SOLVED["ex1"], ex2="import sys\nsys.exit()", ex3=SOLVED["ex3"]),
     "loops": submission(ex1=SOLVED["ex1"], ex2="while True:\n    pass", ex3=SOLVED["ex3"]),
@@ -148,12 +173,24 @@ def test_restored_check_cells_give_nothing_and_are_flagged(graded):
         ("patches_at_run_time", (2, 0, 0, 2), "tampering detected at run time before exercise 99.2"),
         ("patches_during_check", (2, 0, 0, 2), "tampering detected at run time after exercise 99.2"),
         ("patches_comparison", (0, 0, 0, 0), "mi_course.checks.core.close"),
+        ("lying_comparisons", (2, 0, 0, 2), "before exercise 99.2: TamperError: the environment the checks rely on was changed: "),
+        ("lying_comparisons_and_baseline", (2, 0, 0, 2), "before exercise 99.2: the record of torch, numpy and the builtins was replaced"),
+        ("torch_mode", (2, 0, 0, 2), "before exercise 99.2: TamperError: the environment the checks rely on was changed: torch's __torch_function__ modes changed"),
     ],
 )
 def test_tampering_earns_nothing_from_that_point_and_is_flagged(graded, case, expected, flag):
     row = graded[0][case]
     assert points(row) == expected
     assert flag in row["flags"], row["flags"]
+
+
+def test_replaced_comparisons_are_found_whatever_the_route(graded):
+    """The held-out tampering case: torch's comparisons replaced by routes the scan does not name, then wrong
+    answers of the right shape. The same wrong answers without the patch earn the same (nothing)."""
+    rows = graded[0]
+    assert points(rows["wrong_scale"]) == (2, 0, 1, 3) and rows["wrong_scale"]["flags"] == ""
+    assert "torch.allclose was replaced" in rows["lying_comparisons"]["flags"]
+    assert integrity.scan(LYING_COMPARISONS, {"torch", "numpy"}, set(), {}) == [], "the static scan does not see these routes"
 
 
 def test_faked_outputs_are_ignored_and_flagged(graded):
@@ -304,3 +341,32 @@ def test_real_notebook_00_solution_gets_full_marks_and_the_student_copy_none(tmp
     assert by_student["untouched"].points == dict.fromkeys(course_points, 0)
     assert by_student["solved"].status == by_student["untouched"].status == ["ok"]
     assert by_student["solved"].flags == by_student["untouched"].flags == []
+
+
+def test_calling_the_courses_own_implementation_is_flagged_for_review():
+    """Static, so no kernel: the 00.3 cell that returns mi_course.patching.ablate_head_hook is flagged (points
+    still come from the check), and no solution cell of any notebook is."""
+    course = grade.load_course(ROOT)
+    cnb = course.notebooks["00_mechanistic"]
+    ex = next(e for e in cnb.exercises if e.id == "00.3")
+    for source in [
+        "import mi_course.patching\ndef ablate_head_hook(head, mode='mean'):\n    return mi_course.patching.ablate_head_hook(head, mode)",
+        "from mi_course.patching import ablate_head_hook as reference\nablate_head_hook = reference",
+        "from mi_course import patching as p\ndef ablate_head_hook(head, mode='mean'):\n    return p.ablate_head_hook(head, mode)",
+    ]:
+        nb = nbformat.read(ROOT / "notebooks" / "00_mechanistic.ipynb", as_version=4)
+        next(c for c in nb.cells if c.id == ex.exercise_cell).source = source
+        result = grade.Result("frank", Path("frank.ipynb"))
+        _, tampered_from = grade.rebuild(nb, cnb, course, result)
+        assert tampered_from is None, result.flags
+        assert any("to review: exercise 00.3 calls the course's reference implementation" in f and "mi_course.patching.ablate_head_hook" in f for f in result.flags), result.flags
+    for path in sorted((ROOT / "solutions").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        name = nb.metadata["mi_course"]["notebook"]
+        if name not in course.notebooks:
+            continue
+        result = grade.Result("solution", path)
+        grade.rebuild(nb, course.notebooks[name], course, result)
+        assert not [f for f in result.flags if "to review" in f], (name, result.flags)
+    sae_cell = "def encode_decode(sae: sae.SAE, x):\n    f = sae.encode(x)\n    return f, sae.decode(f)"
+    assert integrity.reference_uses(sae_cell, course.references["07.1"], course.notebooks["07_sparse_autoencoders"].imports)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import itertools
+import secrets
 import types
 from collections.abc import Callable, Mapping
 
@@ -13,12 +18,21 @@ from mi_course.patching import ablate_head_hook, normalised_effect
 
 __all__ = [
     "DEFINITIONS",
+    "SEALED",
     "check_ablate_head_hook",
     "check_classification",
     "check_k_composition_scores",
     "check_normalised_effect",
     "k_composition_scores",
 ]
+
+# The course's own implementation of each exercise: exercise code that calls one is flagged in the
+# gradebook for the instructor to review (the grader reads this literal without importing the module).
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "00.2": ("mi_course.checks.nb00.k_composition_scores",),
+    "00.3": ("mi_course.patching.ablate_head_hook",),
+    "00.4": ("mi_course.patching.normalised_effect",),
+}
 
 # ---------------------------------------------------------------- 00.1 four definitions
 
@@ -29,63 +43,62 @@ DEFINITIONS = {
     "BC": "broad cultural",
 }
 
-# Which definitions call each study of the notebook "mechanistic", and why.
-STUDIES: dict[str, tuple[frozenset[str], str]] = {
-    "A": (
-        frozenset({"NT", "BT", "NC", "BC"}),
-        "removing heads and watching in-context copying break is an intervention on internal "
-        "components, so it is causal evidence about a mechanism (narrow technical, hence also broad "
-        "technical); its authors belong to the MI community (narrow cultural); it is interpretability "
-        "research (broad cultural).",
-    ),
-    "B": (
-        frozenset({"BT", "BC"}),
-        "a probe reads information out of activations, which inspects internals (broad technical), "
-        "but a probe only shows the information is decodable, not that the model uses it: no "
-        "intervention, so not narrow technical. An ACL group is the NLP-interpretability community, "
-        "not the MI one (not narrow cultural). All interpretability research is broad cultural.",
-    ),
-    "C": (
-        frozenset({"BT", "NC", "BC"}),
-        "plotting attention patterns inspects activations (broad technical), but a pattern is a "
-        "correlation: without an intervention it is not narrow technical. A MATS scholar posting on "
-        "the Alignment Forum is the MI community (narrow cultural), and it is interpretability (broad "
-        "cultural).",
-    ),
-    "D": (
-        frozenset({"BC"}),
-        "minimal pairs scored by output probabilities are behavioural tests: no internals are "
-        "examined, so neither technical definition applies. The authors are NLP researchers (not "
-        "narrow cultural), but it is interpretability research, which the broad cultural definition "
-        "covers.",
-    ),
-    "E": (
-        frozenset({"NT", "BT", "BC"}),
-        "setting neurons and attention weights to their values on a counterfactual input and measuring the "
-        "output is a causal intervention on internals (narrow technical, hence broad technical), "
-        "years before the label was common. Its authors come from NLP interpretability, not the MI "
-        "community (not narrow cultural); it is interpretability (broad cultural).",
-    ),
-    "F": (
-        frozenset({"NC", "BC"}),
-        "deleting prompt words and watching the output is input attribution: the model's internals "
-        "are never examined, so neither technical definition applies, although the author is from "
-        "the MI community (narrow cultural) and the work is interpretability (broad cultural).",
-    ),
-    "G": (
-        frozenset(),
-        "training a model and reporting benchmark scores is not interpretability at all, so none of "
-        "the four definitions applies (an empty set).",
-    ),
+# Which definitions call each study of the notebook "mechanistic", and why, sealed so that reading
+# the package does not give the answers away: per study a salt, a check value of the right set of
+# codes, and the explanation encrypted with a key made from the right set (:func:`_seal`). The check
+# finds the right set among the 16 possible ones when it needs it for a hint.
+SEALED: dict[str, tuple[str, str, str]] = {
+    "A": ("b893ead9b13c6730", "e62ad375566c1e852b5c1e8098159ffd", "nn1Fftf0No8oQHZQVz1NADTYcxj57L5NQVAGNQcLa1oFOr0R89jfZWKYhkx6bPNgFhWasS7fFIBYk8eokBwyQlwrCDBcl1LLVIYqkztZBF3NsZkRzJAXvndJTweZTEGcCKbARqSA491uYMRNmL9femBb943D14dQ24sh6I/B2tJZr1bjxqOlUdu3ccMbqGrzLTtpWqi8sRy7CsuFP0OMHrkRCGom4KpbJZ8fRHSezPKt+HPtYhBPdUMlYNHhjdVdPyZ/6SBoxZlJ2uoDRN1cnrSFms5cvf3fmK5d6N0L0HUGTq15JTEvcGnxzOGVF+LBzEGZSYkTajbmo2LIs+QjJLj56iRXrdUB5byodk4TN79/PMweWZhBYPCWo+ks099pGJ3kdrq+"),
+    "B": ("75f01a3767f5809b", "1055c9f4ed5d03ab461af037391680b3", "hjNaFF7zA+nm955CyUx+MIaSzEfrxIWMKEle6OJL+YcYsgh6han5Pcot7WDd38dw2sRLmeLGrEVanREckXJDLQoWGEHtF0FQ4y7+Yrv1IHEnZUFwt511tVK1DVtQxljP5zUkhY2tmF2xChsAK4sWEExB4qVXNd07Rb1pI6P5YW6URBVi9lo/GkgCiCUWS5v6KeUchqzHLmmPxVit0+h4J3ykTUevVYCY5Lz+Bdom9+9XZiegDU8hEMz9gbeppZzWIS7A0Mj/kRU7wwWw8Dwqm/6w1Qvk+FneanMrAMIu9LmdVXq+Ohp9FC8WhtA+nwlA0OS2ZACVopBAVAms3EKrfW6l1f9KbygUDekukVFkw2DxQ0ElpobTxRuFgJYL5xFT852A6NA3J/9LxKQRtljXnnMj/rWD35yKQ0g3YlDweBYNUaxVnB3EoyGB0MZ5ft+306TRmI7VwhcC3Q7yLpMI"),
+    "C": ("0da3951f1fccc36d", "6201bc550575277376578e0a3a087c20", "CnV+Xw13kJl69IOYda/gTyAa7/iZ32D3J02Uds1qoj1yC+PHmjjbux46LEkAE8Tann+uL7b3d/WbAaohRvDDpm2rkWfo+x+7X4MM7v8tfB2+qQJrCrlLX20SjTq7Favt91t/159yWxn+cN3wjDDMe+izoIHcRNJ3anh5CXf29/hcHOcAyMz7Wbhec/p8wG01yhTIQEEhvh+QPOzak3/VO2swo/gfQjKRaNXArsfQxp1xEvNfjxtcSPIDHJdsMKfrAtYfr1ZQwJouuCgmXNRPFf4bxafR49kTSV+JO7bC35ETKMPwYAWeQIG8VWMbhqWWJ/1SEiHi0i1JmWwjvDO2P7/JDOdHIS51Ah6npfxOJVAkZY0Ju5klEFw="),
+    "D": ("8cfa93d42eacbb27", "c89f7fe0ac94a25d587560820ac93887", "W8OUOlucmthzgvCV8DW2Ej1Q02qVubEpOlgNxLkoGGcnD+SzelM8qTYQhfuBAusB7oJw0OYq+qCI8NbrD254sfxNZQxqpeFQt/36xxQiab4JkWi6yvVROVqjTHfR07FKHWQE+Fg8MqDbty+vok2DbzBbE+TTTViptM6d2ftb5h+cZN+3CzubJvMbCIe+jrp5SX6xLAenSlCCAh902xKOHg5MfW0puQ3CUWk8p8tdR5olUVsvCuRDkdZu7m0rAmnT6iVWqX12EZuATGyl2MF4IdrxbHasyw/Fb77TS0kxSGgZULSaQJZRnalahbLptP75bvVbkEoDwcMwe6KU4Z7GiEmRpnohhhGTlWrQNUV20Q=="),
+    "E": ("61de0de7b0545a77", "f3967808a6b81f0456b9d3aeb06846b6", "5/hLCvcM8EQZQW7xtuLoVMafO0cwZPM+zs3nN8TEWQBWlBRP1QnWdnzc5j48ivs9w0Z2tYwTaIATuzX/NepmHKdqU6ZPf2HbDSgtIJ1sYGQB2e8wMQskj0C2Sr1a0rY1EhM1VVYYwQNX8p7z/FyM6eoe8KAmGbCKyMXPBGajFPXC+y8siYu1BZQU/eGzktRFJWBiTn6B6eqyl0cN/xTVtsE4OHUJSPxEhVXKuA1/1xjewayW4xks2S+OarsDm+HL276D31jDge2WleIES1NtgRa0FzezDMAz9Gp3x6nPmYk79f3zGT5r9brr4V34tuQRoNmE3bhvOOberP4oHbr5+pa6YYiV0Jucqh6SMb6PAEUALYOrLdwngvVG8FIlC6coOrqWX+3OEuie02uaY/GDNq9O+zYOrmZ5V8KWNAC6sey1Pw5XoFqpLI9GZgnh9Cj+q+oC/5cXuVJEFjTUTQ=="),
+    "F": ("5c63b98f53ac78d5", "8595180fcb6234073f04992f7d439c1b", "X7xy4LLKlfssiblbDiLsKDuSFkVW0PA4l5iLHwuiYZcV6f+05dkaY4TgvgiXUVeQRLPKVkgqOhEApkU7oClPaAglbTBlu6bsNDMnOtaOzmh5QZUminD84HI41p5hH0JLXkQENd6t3W29VX4g3DLsY0oJ331uLy5X2noiEXZ75YfeaGwf3X58SKg3+rp8SC9c2ngkdNR0NvjLHi07uKAUD/LNV304QSPecyFgLqrWslecE74s0GzwzCvkKmpmTB5bWMJNCc2hFKf9noMkweqMmdjI63mIiXxkynnx9VA6moDGCiJ2nMKJdzc9qs3nfkVAlrEH5rHhdMVSjryOEdKyUcYaiyjctG0o"),
+    "G": ("f303e2855290fdbe", "1e482d77f9ad25076af32e3de1174649", "eIf7BesQOoNXYnedgtm73ohYasQPGWeOXOkLAFIqQwSyJma+rxxLi3WMUtw99QFIYmyNXoFGChx2HsLwRXRkeIpSqT4qQTDyQYvjUa3Pjhb4hmekisNlEEj0S4OjeyOxb59RJteMkSMn4F8gkTR9N+b1aApLI6e11TtHPuEAt7CNF0tDsGN7"),
 }
+STUDIES = tuple(SEALED)
+
+
+def _key(study: str, salt: str, codes: frozenset[str]) -> bytes:
+    return hashlib.sha256(f"mi-course 00.1|{study}|{salt}|{','.join(sorted(codes))}".encode()).digest()
+
+
+def _keystream(key: bytes, n: int) -> bytes:
+    blocks = (hashlib.sha256(key + i.to_bytes(4, "big")).digest() for i in range(n // 32 + 1))
+    return b"".join(blocks)[:n]
+
+
+def _is_answer(study: str, codes: frozenset[str]) -> bool:
+    salt, check, _ = SEALED[study]
+    return hmac.compare_digest(hashlib.sha256(b"answer" + _key(study, salt, codes)).hexdigest()[:32], check)
+
+
+def _answer(study: str) -> tuple[frozenset[str], str]:
+    """The right set of codes for ``study`` (found among the 16 possible sets) and why."""
+    salt, _, sealed = SEALED[study]
+    for n in range(len(DEFINITIONS) + 1):
+        for codes in map(frozenset, itertools.combinations(sorted(DEFINITIONS), n)):
+            if _is_answer(study, codes):
+                data = base64.b64decode(sealed)
+                return codes, bytes(a ^ b for a, b in zip(data, _keystream(_key(study, salt, codes), len(data)))).decode()
+    raise RuntimeError(f"00.1: no set of codes matches the sealed answer of study {study}")
+
+
+def _seal(study: str, codes: set[str], why: str) -> tuple[str, str, str]:
+    """For course authors: the ``SEALED`` entry of a study whose answer is ``codes``, explained by ``why``."""
+    salt = secrets.token_hex(8)
+    key = _key(study, salt, frozenset(codes))
+    data = why.encode()
+    sealed = bytes(a ^ b for a, b in zip(data, _keystream(key, len(data))))
+    return salt, hashlib.sha256(b"answer" + key).hexdigest()[:32], base64.b64encode(sealed).decode()
 
 
 def _normalise_labels(study: str, labels) -> frozenset[str]:
-    if isinstance(labels, str) or not hasattr(labels, "__iter__"):
+    if isinstance(labels, str) or not isinstance(labels, (set, frozenset, list, tuple)):
         raise CheckFailed(
             "00.1", f"study {study}: give a set of codes such as {{'BT', 'BC'}} (or set() for none), not {labels!r}."
         )
-    codes = frozenset(str(label).strip().upper() for label in labels)
+    codes = frozenset(str(label).strip().upper() if isinstance(label, str) else repr(label) for label in labels)
     unknown = sorted(codes - set(DEFINITIONS))
     if unknown:
         raise CheckFailed("00.1", f"study {study}: unknown code(s) {unknown}; use only {sorted(DEFINITIONS)}.")
@@ -96,19 +109,18 @@ def check_classification(answers: Mapping[str, set[str]] | None) -> None:
     """Check the four-definitions classification of the notebook's studies A to G."""
     if answers is None:
         raise CheckFailed("00.1", "no answer yet: fill in the exercise cell above.")
-    if not isinstance(answers, Mapping):
+    if not isinstance(answers, dict):
         raise CheckFailed("00.1", f"expected a dict from study letter to a set of codes, got {type(answers).__name__}.")
+    answers = dict(dict.items(answers))
     missing = sorted(set(STUDIES) - set(answers))
     if missing:
         raise CheckFailed("00.1", f"classify every study: {', '.join(missing)} missing from your dict.")
-    wrong = []
-    for study, (expected, _) in STUDIES.items():
-        if _normalise_labels(study, answers[study]) != expected:
-            wrong.append(study)
+    given = {study: _normalise_labels(study, answers[study]) for study in STUDIES}
+    wrong = [study for study in STUDIES if not _is_answer(study, given[study])]
     if wrong:
         study = wrong[0]
-        expected, why = STUDIES[study]
-        got = _normalise_labels(study, answers[study])
+        expected, why = _answer(study)
+        got = given[study]
         parts = []
         if expected - got:
             parts.append(f"it also counts as {', '.join(DEFINITIONS[c] for c in sorted(expected - got))}")

@@ -28,6 +28,17 @@ __all__ = [
     "random_model",
 ]
 
+# The course's own implementation of each exercise: exercise code that calls one is flagged in the
+# gradebook for the instructor to review (the grader reads this literal without importing the module).
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "01.1": ("mi_course.residual.layer_components",),
+    "01.2": ("mi_course.residual.head_outputs",),
+    "01.3": ("mi_course.residual.head_dla", "mi_course.residual.direct_logit_attribution"),
+    "01.4": ("mi_course.residual.top_components",),
+    "01.5": ("mi_course.residual.remove_part_hook",),
+    "01.6": ("mi_course.residual.accumulated_logit_diff",),
+}
+
 
 def random_model(seed: int, *, attn_only: bool = False, fold: bool = True) -> HookedTransformer:
     """A tiny 2-layer model with LayerNorm whose every parameter is random (eval mode).

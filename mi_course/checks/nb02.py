@@ -24,6 +24,17 @@ __all__ = [
     "check_resample_ablate",
 ]
 
+# The course's own implementation of each exercise: exercise code that calls one is flagged in the
+# gradebook for the instructor to review (the grader reads this literal without importing the module).
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "02.1": ("mi_course.induction.previous_token_score",),
+    "02.2": ("mi_course.induction.duplicate_token_score",),
+    "02.3": ("mi_course.induction.induction_score",),
+    "02.4": ("mi_course.induction.resample_ablate",),
+    "02.5": ("mi_course.induction.diagonal_argmax_fraction",),
+    "02.6": ("mi_course.induction.k_composed_qk",),
+}
+
 HEAD_AXIS_HINT = (
     "you need one score per head: average over the batch (dim 0) and over the query positions, "
     "and keep the head axis (dim 1) of [batch, head, query, key]."

@@ -28,6 +28,13 @@ __all__ = [
     "random_pair",
 ]
 
+# The course's own implementation of each exercise: exercise code that calls one is flagged in the
+# gradebook for the instructor to review (the grader reads this literal without importing the module).
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "03.3": ("mi_course.patching.patch_resid_pre", "mi_course.patching.activation_patching"),
+    "03.5": ("mi_course.patching.ablation_sweep",),
+}
+
 
 def random_pair(seed: int) -> dict[str, Any]:
     """A random tiny model, clean tokens, corrupted tokens (different except at position 0) and a logit-difference metric."""

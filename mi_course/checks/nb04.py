@@ -44,6 +44,16 @@ __all__ = [
     "check_roc_point",
 ]
 
+# The course's own implementation of each exercise: exercise code that calls one is flagged in the
+# gradebook for the instructor to review (the grader reads this literal without importing the module).
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "04.1": ("mi_course.circuits.run_with_edges_patched",),
+    "04.2": ("mi_course.circuits.faithfulness",),
+    "04.3": ("mi_course.circuits.greedy_prune", "mi_course.circuits.acdc"),
+    "04.5": ("mi_course.circuits.edge_drops", "mi_course.circuits.minimality"),
+    "04.6": ("mi_course.circuits.knockout", "mi_course.circuits.completeness"),
+}
+
 register_plain(Edge, lambda edge: ("Edge", edge.sender, edge.receiver))  # compared by value
 
 _TRIES = 200  # fresh cases drawn before giving up on one that separates every mistake

@@ -22,6 +22,15 @@ from mi_course.checks.nb01 import _check, random_model
 
 __all__ = ["check_answer_rank", "check_head_logits", "check_kl_final_to_lens", "check_logit_lens_layer", "random_case"]
 
+# The course's own implementation of each exercise: exercise code that calls one is flagged in the
+# gradebook for the instructor to review (the grader reads this literal without importing the module).
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "05.1": ("mi_course.lens.decode", "mi_course.lens.logit_lens"),
+    "05.2": ("mi_course.lens.answer_rank",),
+    "05.3": ("mi_course.lens.component_logits",),
+    "05.4": ("mi_course.lens.kl_to_final", "mi_course.lens.kl_per_layer"),
+}
+
 
 def random_case(seed: int) -> dict:
     """A random unfolded 2-layer model (LN weights and b_U random), its cache on random tokens, and a generator."""

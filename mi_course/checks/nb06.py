@@ -24,6 +24,13 @@ __all__ = [
     "check_top_k_overlap",
 ]
 
+# The course's own implementation of each exercise: exercise code that calls one is flagged in the
+# gradebook for the instructor to review (the grader reads this literal without importing the module).
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "06.2": ("mi_course.attribution.rank_correlation",),
+    "06.3": ("mi_course.attribution.top_k_overlap",),
+}
+
 
 def _randn(gen: torch.Generator, *shape: int) -> Tensor:
     return torch.randn(*shape, generator=gen, dtype=torch.float64)

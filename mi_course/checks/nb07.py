@@ -29,6 +29,16 @@ __all__ = [
     "sparse_latents",
 ]
 
+# The course's own implementation of each exercise: exercise code that calls one is flagged in the
+# gradebook for the instructor to review (the grader reads this literal without importing the module).
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "07.1": ("mi_course.sae.SAE.encode", "mi_course.sae.SAE.decode", "mi_course.sae.SAE.forward"),
+    "07.3": ("mi_course.sae.l0",),
+    "07.4": ("mi_course.sae.explained_variance",),
+    "07.5": ("mi_course.sae.dead_latents",),
+    "07.6": ("mi_course.sae.ce_loss_score",),
+}
+
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)

@@ -30,6 +30,16 @@ __all__ = [
     "reference_selectivity",
 ]
 
+# The course's own implementation of each exercise: exercise code that calls one is flagged in the
+# gradebook for the instructor to review (the grader reads this literal without importing the module).
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "08.1": ("mi_course.probing.majority_accuracy",),
+    "08.2": ("mi_course.probing.train_test_split",),
+    "08.3": ("mi_course.probing.control_labels",),
+    "08.4": ("mi_course.checks.nb08.reference_selectivity", "mi_course.probing.probe_selectivity"),
+    "08.5": ("mi_course.checks.nb08.reference_reflect", "mi_course.probing.probe_intervention_hook"),
+}
+
 
 def _as_long(x: Any, exercise: str, what: str) -> Tensor:
     """The learner's answer as a flat tensor of integers (read as plain values, without running its code)."""
