@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import os
 import sys
 import types
 
@@ -141,6 +142,26 @@ def _record(packages: tuple[str, ...]) -> tuple:
     )
 
 
+def _own_wrapper(new: object, old: object, label: str) -> bool:
+    """Whether ``new`` is a wrapper of ``old`` that the library itself made, from its own files
+    (torch wraps an optimizer's ``step`` the first time one is created, for its profiler)."""
+    if type(new) is not types.FunctionType:
+        return False
+    package = sys.modules.get(label.partition(".")[0])
+    folder = getattr(package, "__file__", None)
+    if not folder:
+        return False
+    folder = os.path.dirname(folder) + os.sep
+    wrapped = new
+    for _ in range(5):
+        if type(wrapped) is not types.FunctionType or not wrapped.__code__.co_filename.startswith(folder):
+            return False
+        wrapped = wrapped.__dict__.get("__wrapped__")
+        if wrapped is old:
+            return True
+    return False
+
+
 def baseline(packages: tuple[str, ...] | list[str] = ()) -> tuple:
     """The snapshot, taken on the first call (later calls return it unchanged)."""
     global _BASELINE
@@ -179,7 +200,7 @@ def changes(limit: int = 5) -> list[str]:
             found += [f"{label}.{k} was deleted" for k in keys if k not in mapping][:1]
             continue
         if not all(map(_is, now, values)):
-            found += [f"{label}.{k} was replaced" for k, a, b in zip(keys, now, values) if a is not b]
+            found += [f"{label}.{k} was replaced" for k, a, b in zip(keys, now, values) if a is not b and not _own_wrapper(a, b, label)]
         if key_set is not None and len(mapping) != size:
             added = [k for k in set(mapping) - key_set if type(k) is str and _kept(mapping[k], in_class=True)]
             found += [f"{label}.{k} was added" for k in sorted(added)]
