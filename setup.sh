@@ -16,7 +16,8 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 # PyTorch first, so that the course's `torch>=2.4` is already satisfied by the build you chose.
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install --quiet $TORCH_SPEC
-.venv/bin/python -m pip install --quiet -e .
+# The course and its instructor tools: JupyterLab, the tests, `mi-course build` and `grade`.
+.venv/bin/python -m pip install --quiet -e ".[instructor]"
 .venv/bin/python -m pip check
 .venv/bin/python -m mi_course build --check
 echo "setup.sh: the course is installed in .venv"

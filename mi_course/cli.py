@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import sys
+from importlib.util import find_spec
 
 COMMANDS = {
     "build": "write notebooks/ from solutions/ (--check: fail if stale; --execute: run solutions first)",
     "grade": "grade submitted notebooks under nbval: gradebook.csv and feedback per student",
+}
+# What each command needs from the `instructor` extra; the notebooks need none of it.
+_TOMLI = ("tomli",) if sys.version_info < (3, 11) else ()  # mi_course.build reads pyproject.toml
+TOOLS = {
+    "build": ("nbformat", "nbclient", "ipykernel", *_TOMLI),  # --execute runs notebooks in a kernel
+    "grade": ("nbformat", "pytest", "nbval", *_TOMLI),
 }
 
 
@@ -21,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     command, rest = argv[0], argv[1:]
+    missing = [name for name in TOOLS[command] if find_spec(name) is None]
+    if missing:
+        print(f"mi-course {command} needs the instructor tools ({', '.join(missing)} missing): pip install 'mi-course[instructor]'", file=sys.stderr)
+        return 2
     if command == "build":
         from mi_course.build import main as build_main
 

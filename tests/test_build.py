@@ -12,6 +12,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from mi_course import build as B
+from mi_course import cli
 
 EXERCISE = '''def double(x):
     """Twice x."""
@@ -131,3 +132,11 @@ def test_course_notebooks_are_up_to_date(root):
 def test_cli_reports_unknown_command():
     result = subprocess.run([sys.executable, "-m", "mi_course", "frobnicate"], capture_output=True, text=True)
     assert result.returncode == 2 and "unknown command 'frobnicate'" in result.stderr
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_cli_names_the_extra_when_an_instructor_tool_is_missing(command, monkeypatch, capsys):
+    present = cli.find_spec
+    monkeypatch.setattr(cli, "find_spec", lambda name: None if name == "nbformat" else present(name))
+    assert cli.main([command, "--help"]) == 2
+    assert capsys.readouterr().err == f"mi-course {command} needs the instructor tools (nbformat missing): pip install 'mi-course[instructor]'\n"

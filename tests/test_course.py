@@ -22,9 +22,15 @@ STUDENT_NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_environment_yml_installs_the_same_requirements_as_pyproject():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + project["optional-dependencies"]["instructor"]
     pip_lines = re.findall(r'^\s+- "(.+)"$', (ROOT / "environment.yml").read_text(), re.M)
-    assert sorted(pip_lines) == sorted(deps + ["-e ."])
+    assert sorted(pip_lines) == sorted(deps + ["-e .[instructor]"])
+
+
+def test_setup_installs_the_instructor_tools():
+    setup = (ROOT / "setup.sh").read_text()
+    assert re.search(r'^\.venv/bin/python -m pip install --quiet -e "\.\[instructor\]"$', setup, re.M)
 
 
 def readme_commands() -> list[str]:
