@@ -2,11 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import random
+import sys
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
 
 from mi_course.checks.core import CheckFailed, EnvironmentChanged, check_function, check_value, close, guard_hook
+
+# Draws of fresh random inputs per wrong answer in the pass-rate tests of the cheap checks
+# (MI_COURSE_DRAWS=30 for a quick look while editing a check).
+DRAWS = int(os.environ.get("MI_COURSE_DRAWS", "300"))
+
+
+def passes_in_draws(check, learner, *args, draws: int | None = None, **kwargs) -> tuple[int, Counter]:
+    """Run ``check(learner, *args)`` on ``draws`` different, reproducible sets of fresh random inputs
+    (the check module's ``fresh_seed`` replaced by a seeded stream): how often it passed, and the hints it gave."""
+    draws = draws or DRAWS
+    module = sys.modules[check.__module__]
+    real = module.fresh_seed
+    passes, hints = 0, Counter()
+    try:
+        for draw in range(draws):
+            stream = random.Random(draw)
+            module.fresh_seed = lambda: stream.getrandbits(31)
+            with contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    check(learner, *args, **kwargs)
+                    passes += 1
+                except CheckFailed as err:
+                    hints[err.hint] += 1
+    finally:
+        module.fresh_seed = real
+    return passes, hints
+
+
+def assert_never_passes(check, learner, *args, hint: str | None = None, draws: int | None = None, **kwargs) -> None:
+    """A wrong answer passes in none of the draws, and (if ``hint`` is given) always earns that hint."""
+    passes, hints = passes_in_draws(check, learner, *args, draws=draws, **kwargs)
+    assert passes == 0, f"passed {passes} of {draws or DRAWS} draws"
+    if hint is not None:
+        off = {h: n for h, n in hints.items() if hint not in h}
+        assert not off, f"hints other than {hint!r}: {off}"
 
 
 def reference(x):

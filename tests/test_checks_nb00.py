@@ -212,3 +212,51 @@ def test_effect_reference_and_alternative_pass():
 )
 def test_effect_mistakes(wrong, hint):
     fails_with(nb00.check_normalised_effect, wrong, EFFECT_EXAMPLE, hint=hint)
+
+
+# ---------------------------------------------------------------- pass rates over many draws
+
+from test_checks_core import assert_never_passes  # noqa: E402
+
+
+def _abs_effect(clean, intervened, baseline):
+    return abs(clean - intervened) / abs(clean - baseline)
+
+
+def _other_head(edit):
+    """Ablates head (head + 1) % n_heads instead of head."""
+    def wrong(head, mode="mean"):
+        def hook_fn(activation, hook):
+            return ablate_head_hook((head + 1) % activation.shape[2], mode)(activation, hook)
+        return hook_fn
+    return wrong
+
+
+WRONG = [
+    (nb00.check_k_composition_scores, nb00._q_composition, None, "Q-composition"),
+    (nb00.check_k_composition_scores, nb00._k_composition_unnormalised, None, "not normalised"),
+    (nb00.check_k_composition_scores, nb00._k_composition_one_norm, None, "not only W_OV's"),
+    (nb00.check_k_composition_scores, lambda W_V, W_O, W_Q, W_K: nb00._k_composition_unnormalised(W_V, W_O, W_Q, W_K) / (W_Q @ W_K.transpose(-1, -2)).norm(dim=(-2, -1))[None], None, "differ from"),
+    (nb00.check_k_composition_scores, lambda W_V, W_O, W_Q, W_K: nb00.k_composition_scores(W_V, W_O, W_Q, W_K).T, None, "shape"),
+    *[(nb00.check_ablate_head_hook, wrong_hook(edit), EXAMPLE, hint) for edit, hint in [
+        (nb00._every_head, "you ablated every head"),
+        (nb00._position_axis, "you indexed axis 1"),
+        (nb00._always_zero, "with mode='mean' you wrote zeros"),
+        (nb00._always_mean, "with mode='zero' you still wrote the mean"),
+        (nb00._mean_over_positions, "you averaged over positions as well"),
+        (nb00._mean_over_d_head, "you averaged over d_head"),
+        (nb00._mean_over_heads, "you averaged over the heads"),
+    ]],
+    (nb00.check_ablate_head_hook, in_place_hook, EXAMPLE, "in place"),
+    (nb00.check_ablate_head_hook, _other_head(None), EXAMPLE, "only head `head` changes"),
+    (nb00.check_normalised_effect, lambda clean, intervened, baseline: (intervened - clean) / (clean - baseline), EFFECT_EXAMPLE, "wrong sign"),
+    (nb00.check_normalised_effect, lambda clean, intervened, baseline: clean - intervened, EFFECT_EXAMPLE, "did not normalise"),
+    (nb00.check_normalised_effect, lambda clean, intervened, baseline: (intervened - baseline) / (clean - baseline), EFFECT_EXAMPLE, "survives"),
+    (nb00.check_normalised_effect, lambda clean, intervened, baseline: (clean - intervened) / clean, EFFECT_EXAMPLE, "clean value"),
+    (nb00.check_normalised_effect, _abs_effect, EFFECT_EXAMPLE, "expected (clean - intervened)"),
+]
+
+
+@pytest.mark.parametrize("check, wrong, example, hint", WRONG, ids=lambda x: getattr(x, "__name__", None) if callable(x) else "")
+def test_wrong_answers_pass_in_no_draw(check, wrong, example, hint):
+    assert_never_passes(check, wrong, example, hint=hint)

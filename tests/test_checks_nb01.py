@@ -198,3 +198,30 @@ def test_logit_diff_by_layer(example):
     fails_with(nb01.check_logit_diff_by_layer, own_scale, *args, hint="logit lens proper")
     fails_with(nb01.check_logit_diff_by_layer, lambda **c: by_layer_other(**c)[1:], *args, hint="row 0")
     fails_with(nb01.check_logit_diff_by_layer, no_scale, *args, hint="forgot the final layer norm's scale")
+
+
+# ---------------------------------------------------------------- pass rates over many draws (01.4; the other checks run a model)
+
+from test_checks_core import assert_never_passes  # noqa: E402
+
+SQUARE_GRID = torch.tensor([[0.5, -2.0, 0.1], [1.5, 0.3, -0.7], [0.2, 0.9, -1.1]])  # square, like the notebook's
+
+
+def _flat_top(grid, k, width):
+    return [(int(i) // width, int(i) % width) for i in grid.abs().flatten().topk(k).indices]
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda dla_grid, k: [(int(i) // dla_grid.shape[1], int(i) % dla_grid.shape[1]) for i in dla_grid.flatten().topk(k).indices], "absolute value"),
+        (lambda dla_grid, k: [(h, l) for l, h in residual.top_components(dla_grid, k)], "(layer, head) pairs"),
+        (lambda dla_grid, k: _flat_top(dla_grid, k, dla_grid.shape[0]), "unflattened with the wrong size"),
+        (lambda dla_grid, k: [tuple(divmod(int(i), dla_grid.shape[0])) for i in dla_grid.abs().flatten().topk(k).indices], "unflattened"),
+        (lambda dla_grid, k: residual.top_components(dla_grid, k)[::-1], "wrong order"),
+        (lambda dla_grid, k: residual.top_components(dla_grid, 3), "expected a list of"),
+        (lambda dla_grid, k: residual.top_components(dla_grid.abs().sqrt() * dla_grid.sign().clamp(min=0), k), None),
+    ],
+)
+def test_top_heads_wrong_answers_pass_in_no_draw(wrong, hint):
+    assert_never_passes(nb01.check_top_heads, wrong, SQUARE_GRID, hint=hint)

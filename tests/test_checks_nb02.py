@@ -8,6 +8,7 @@ import torch
 from mi_course import induction
 from mi_course.checks import nb02
 from mi_course.checks.core import CheckFailed
+from test_checks_core import assert_never_passes
 
 PATTERN = dict(pattern=induction.synthetic_patterns(5, batch=2, seed=0))
 REPEAT = dict(PATTERN, seq_len=5)
@@ -50,7 +51,7 @@ def test_previous_token_reference_and_alternative_pass(capsys):
     ],
 )
 def test_previous_token_mistakes(wrong, hint):
-    fails_with(nb02.check_previous_token_score, wrong, PATTERN, hint=hint)
+    assert_never_passes(nb02.check_previous_token_score, wrong, PATTERN, hint=hint)  # in none of 300 draws of fresh inputs
 
 
 # ---------------------------------------------------------------- 02.2
@@ -84,7 +85,7 @@ def test_duplicate_token_example_answer():
     ],
 )
 def test_duplicate_token_mistakes(wrong, hint):
-    fails_with(nb02.check_duplicate_token_score, wrong, REPEAT, hint=hint)
+    assert_never_passes(nb02.check_duplicate_token_score, wrong, REPEAT, hint=hint)  # in none of 300 draws of fresh inputs
 
 
 # ---------------------------------------------------------------- 02.3
@@ -120,7 +121,7 @@ def test_induction_reference_and_alternative_pass(capsys):
     ],
 )
 def test_induction_mistakes(wrong, hint):
-    fails_with(nb02.check_induction_score, wrong, REPEAT, hint=hint)
+    assert_never_passes(nb02.check_induction_score, wrong, REPEAT, hint=hint)  # in none of 300 draws of fresh inputs
 
 
 # ---------------------------------------------------------------- 02.4
@@ -166,10 +167,13 @@ def test_resample_leaves_other_heads():
         (nb02._every_head, "you resampled every head"),
         (nb02._mean, "that is mean ablation"),
         (nb02._zero, "that is zero ablation"),
+        (resample_in_place, "changed `z` in place"),
+        (lambda z, head, source: induction.resample_ablate(z, head, source.argsort()), "scattered instead of gathering"),
+        (lambda z, head, source: induction.resample_ablate(z, (head + 1) % z.shape[2], source), None),
     ],
 )
 def test_resample_mistakes(wrong, hint):
-    fails_with(nb02.check_resample_ablate, wrong, Z, hint=hint)
+    assert_never_passes(nb02.check_resample_ablate, wrong, Z, hint=hint)  # in none of 300 draws of fresh inputs
 
 
 # ---------------------------------------------------------------- 02.5
@@ -195,10 +199,12 @@ def test_copying_reference_and_alternative_pass(capsys):
         (lambda full_ov: (full_ov.argmax(0) == torch.arange(len(full_ov))).float().mean(), "argmax down each column"),
         (lambda full_ov: int((full_ov.argmax(-1) == torch.arange(len(full_ov))).sum()), "that is a count"),
         (lambda full_ov: (full_ov.diagonal() > 0).float().mean(), "a positive own logit is not enough"),
+        (lambda full_ov: (full_ov.diagonal() > full_ov.mean(-1)).float().mean(), "row's mean"),
+        (lambda full_ov: (full_ov.argmax(-1) == torch.arange(len(full_ov))).float().sum() / (len(full_ov) + 1), None),
     ],
 )
 def test_copying_mistakes(wrong, hint):
-    fails_with(nb02.check_copying_score, wrong, OV, hint=hint)
+    assert_never_passes(nb02.check_copying_score, wrong, OV, hint=hint)  # in none of 300 draws of fresh inputs
 
 
 # ---------------------------------------------------------------- 02.6
@@ -233,7 +239,9 @@ def test_composed_qk_matches_package_on_a_model():
         (lambda W_E, W_QK, W_OV: W_E @ W_QK @ W_E.T, "you left out the previous-token head"),
         (lambda W_E, W_QK, W_OV: (W_E @ W_OV) @ W_QK @ W_E.T, "feeds the keys, not the queries"),
         (lambda W_E, W_QK, W_OV: (W_E @ W_QK @ (W_E @ W_OV).T).T, "you returned the transpose"),
+        (lambda W_E, W_QK, W_OV: W_E @ W_QK @ W_OV @ W_E.T, "transpose W_OV's whole product"),
+        (lambda W_E, W_QK, W_OV: W_E @ W_QK.T @ (W_E @ W_OV).T, None),
     ],
 )
 def test_composed_qk_mistakes(wrong, hint):
-    fails_with(nb02.check_k_composed_qk, wrong, QK, hint=hint)
+    assert_never_passes(nb02.check_k_composed_qk, wrong, QK, hint=hint)  # in none of 300 draws of fresh inputs

@@ -238,3 +238,49 @@ def test_plot_patching():
     panels = [ax for ax in wide.axes if ax.get_title()]
     assert panels[0].get_position().y0 > panels[1].get_position().y0  # stacked
     assert [t.get_text() for t in panels[0].get_xticklabels()][:2] == ["t0", "t1"]
+
+
+# ---------------------------------------------------------------- pass rates over many draws (the checks without a model)
+
+from test_checks_core import assert_never_passes  # noqa: E402
+
+NORMALISE = (torch.tensor([3.0, 1.0, 0.5]), 4.0, 0.5)
+GRID = (torch.tensor([[0.0, 0.5, -0.7, 0.1, 0.0, 0.0], [0.9, 0.0, 0.0, 0.2, 0.45, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.8]]), 0.4)
+Z5 = (torch.randn(5, 4, 3, 2, generator=torch.Generator().manual_seed(3)), 1)
+
+
+def _one_per_layer(results, threshold):
+    best = results.max(dim=1)
+    return [(layer, int(pos)) for layer, (value, pos) in enumerate(zip(best.values, best.indices)) if value >= threshold]
+
+
+def _ablated_other_head(z, head, mode, index=None):
+    return ablated_reference(z, (head + 1) % z.shape[2], mode, index)
+
+
+def _ablated_in_place(z, head, mode, index=None):
+    z[:, :, head] = z[:, :, head].mean(0, keepdim=True) if mode == "mean" else z[index, :, head].clone()
+    return z
+
+
+@pytest.mark.parametrize(
+    "check, wrong, args, hint",
+    [
+        (nb03.check_normalise, lambda value, clean_value, corrupted_value: (value - clean_value) / (corrupted_value - clean_value), NORMALISE, "swapped"),
+        (nb03.check_normalise, lambda value, clean_value, corrupted_value: value / clean_value, NORMALISE, "clean value alone"),
+        (nb03.check_normalise, lambda value, clean_value, corrupted_value: (value - corrupted_value) / clean_value, NORMALISE, "denominator"),
+        (nb03.check_normalise, lambda value, clean_value, corrupted_value: abs(value - corrupted_value) / abs(clean_value - corrupted_value), NORMALISE, "compute (value - corrupted_value)"),
+        (nb03.check_important_cells, lambda results, threshold: (results.abs() >= threshold).nonzero().tolist(), GRID, "negative"),
+        (nb03.check_important_cells, lambda results, threshold: (results.T >= threshold).nonzero().tolist(), GRID, "(layer, position) pairs"),
+        (nb03.check_important_cells, lambda results, threshold: ((results >= threshold).nonzero() - torch.tensor([0, 1])).tolist(), GRID, "off by one"),
+        (nb03.check_important_cells, lambda results, threshold: (results > threshold).nonzero().tolist(), GRID, "exactly at the threshold"),
+        (nb03.check_important_cells, _one_per_layer, GRID, "one cell per layer"),
+        (nb03.check_important_cells, lambda results, threshold: (results >= threshold + 0.01).nonzero().tolist(), GRID, None),
+        (nb03.check_ablated_z, _ablated_in_place, Z5, "changed `z` in place"),
+        (nb03.check_ablated_z, _ablated_other_head, Z5, None),
+        (nb03.check_ablated_z, lambda z, head, mode, index=None: ablated_reference(z, head, mode, index.argsort() if index is not None else None), Z5, None),
+        (nb03.check_ablated_z, lambda z, head, mode, index=None: ablated_reference(z, head, "mean", None), Z5, None),
+    ],
+)
+def test_wrong_answers_pass_in_no_draw(check, wrong, args, hint):
+    assert_never_passes(check, wrong, *args, hint=hint)

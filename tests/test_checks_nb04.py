@@ -96,6 +96,11 @@ def test_patch_edge(model, tokens):
         return model.run_with_hooks(clean_tokens, fwd_hooks=[(f"blocks.1.hook_{receiver[-1]}_input", lambda act, hook: act + 1.0)])
 
     fails_with(nb04.check_patch_edge, outside_the_context, *args, hint="the hook never changed anything")
+    for kind in "qkv":  # ignores the receiver's kind: the fresh cases have one edge into each kind
+        always = lambda model, clean_tokens, corrupted_tokens, sender, receiver, kind=kind: patch_edge_reference(  # noqa: E731
+            model, clean_tokens, corrupted_tokens, sender, f"{receiver.split('.')[0]}.{kind}"
+        )
+        fails_with(nb04.check_patch_edge, always, *args, hint=f"you always patched the head's {kind} input")
     fails_with(nb04.check_patch_edge, not_implemented, *args, hint="not implemented")
 
 
@@ -179,6 +184,32 @@ def test_greedy_cases_separate_every_mistake():
         case = nb04._greedy_case(torch.Generator().manual_seed(seed))
         answers = [nb04._greedy(**case)] + [wrong(**case) for wrong in nb04._GREEDY_MISTAKES.values()]
         assert len(set(answers)) == len(answers)
+        _, changes = circuits.greedy_prune(case["edges"], case["score"], case["threshold"])
+        assert case["threshold"] in {abs(c) for c in changes.values()}, "one edge's change sits exactly on the threshold"
+
+
+def test_greedy_boundary_mistake_fails():
+    """`<=` instead of `<`: the fresh cases put one change exactly on the threshold."""
+    args = tuple(nb04._greedy_case(torch.Generator().manual_seed(4)).values())
+    def at_or_below(edges, score, threshold):
+        removed, current = set(), score(set())
+        for edge in edges:
+            trial = score(removed | {edge})
+            if abs(trial - current) <= threshold:
+                removed.add(edge)
+                current = trial
+        return removed
+
+    fails_with(nb04.check_greedy_prune, at_or_below, *args, hint="exactly equal to the threshold")
+
+
+def test_patch_edge_cases_cover_every_kind_and_separate_every_mistake():
+    gen = torch.Generator().manual_seed(5)
+    for kind in "qkv":
+        case = nb04._patch_edge_case(gen, attn_only=kind != "k", kind=kind)
+        assert case["receiver"].endswith(f".{kind}")
+        answers = [nb04._patch_edge(**case)] + [w(**case) for w in nb04._PATCH_EDGE_MISTAKES.values() if w is not nb04._ONE_KIND_MISTAKES_BY_KIND[kind]]
+        assert nb04._distinct(answers)
 
 
 def test_greedy_prune_on_a_real_score(model, tokens):

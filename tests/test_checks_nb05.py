@@ -9,6 +9,7 @@ import torch
 from mi_course import lens, residual
 from mi_course.checks import nb05
 from mi_course.checks.core import CheckFailed
+from test_checks_core import assert_never_passes  # the cheap checks (05.2, 05.4): wrong answers fail in each of 300 draws
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +91,11 @@ def test_answer_rank(rank_example):
     def from_bottom(logits, answers):
         return (logits < logits.gather(-1, answers[..., None])).sum(-1) + 1
 
-    fails_with(nb05.check_answer_rank, zero_based, *rank_example, hint="off by one")
-    fails_with(nb05.check_answer_rank, ties_against, *rank_example, hint="ties")
-    fails_with(nb05.check_answer_rank, from_bottom, *rank_example, hint="from the bottom")
+    assert_never_passes(nb05.check_answer_rank, zero_based, *rank_example, hint="off by one")
+    assert_never_passes(nb05.check_answer_rank, ties_against, *rank_example, hint="ties")
+    assert_never_passes(nb05.check_answer_rank, from_bottom, *rank_example, hint="from the bottom")
+    assert_never_passes(nb05.check_answer_rank, lambda logits, answers: (logits >= logits.gather(-1, answers[..., None])).sum(-1) + 1, *rank_example, hint="ties")
+    assert_never_passes(nb05.check_answer_rank, lambda logits, answers: (logits.argsort(-1, descending=True) == answers[..., None]).float().argmax(-1) + 1, *rank_example, hint=None)
 
 
 # 05.3
@@ -160,10 +163,12 @@ def test_kl_final_to_lens(kl_example):
     def raw_logits(final_logits, lens_logits):
         return (final_logits.softmax(-1) * (final_logits - lens_logits)).sum(-1)
 
-    fails_with(nb05.check_kl_final_to_lens, swapped, *kl_example, hint="swapped")
-    fails_with(nb05.check_kl_final_to_lens, probs, *kl_example, hint="probabilities, not log-probabilities")
-    fails_with(nb05.check_kl_final_to_lens, raw_logits, *kl_example, hint="raw logits")
-    fails_with(nb05.check_kl_final_to_lens, lambda final_logits, lens_logits: kl_reference(final_logits, lens_logits).mean(), *kl_example, hint="shape")
+    assert_never_passes(nb05.check_kl_final_to_lens, swapped, *kl_example, hint="swapped")
+    assert_never_passes(nb05.check_kl_final_to_lens, probs, *kl_example, hint="probabilities, not log-probabilities")
+    assert_never_passes(nb05.check_kl_final_to_lens, raw_logits, *kl_example, hint="raw logits")
+    assert_never_passes(nb05.check_kl_final_to_lens, lambda final_logits, lens_logits: kl_reference(final_logits, lens_logits) / torch.log(torch.tensor(2.0)), *kl_example, hint="bits")
+    assert_never_passes(nb05.check_kl_final_to_lens, lambda final_logits, lens_logits: kl_reference(final_logits, lens_logits) / final_logits.shape[-1], *kl_example, hint="averaged over the vocabulary")
+    assert_never_passes(nb05.check_kl_final_to_lens, lambda final_logits, lens_logits: kl_reference(final_logits, lens_logits).mean(), *kl_example, hint="shape")
 
 
 def test_kl_matches_the_package(kl_example):

@@ -135,3 +135,51 @@ def test_circuit_size():
     fails_with(nb06.check_circuit_size, 0.91, CURVE, hint="not a size")
     fails_with(nb06.check_circuit_size, 200, CURVE, hint="largest size of the curve")
     fails_with(nb06.check_circuit_size, None, CURVE, hint="no answer yet")
+
+
+# ---------------------------------------------------------------- pass rates over many draws
+
+from test_checks_core import assert_never_passes  # noqa: E402
+
+_g6 = torch.Generator().manual_seed(6)
+ATP = tuple(torch.randn(3, 5, 8, generator=_g6) for _ in range(3))
+EAP = (ATP[0], ATP[1], ATP[2] + 1.0, ATP[2])
+TOPK = (torch.tensor([0.1, -3.0, 2.0, 0.5, -0.2, 1.0]), torch.tensor([0.0, 2.0, -2.5, -1.5, 0.3, 0.2]), 3)
+
+
+def _pearson(a, b):
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def _ig(grad_fn, clean, corrupted, steps, ks):
+    return sum(grad_fn(corrupted + k / steps * (clean - corrupted)) for k in ks) / len(ks)
+
+
+@pytest.mark.parametrize(
+    "check, wrong, args, hint",
+    [
+        (nb06.check_atp_score, lambda clean_act, corrupted_act, grad: ((clean_act - corrupted_act) * grad).sum(dim=(0, 2)), ATP, "sign is flipped"),
+        (nb06.check_atp_score, lambda clean_act, corrupted_act, grad: ((corrupted_act - clean_act) * grad).sum(dim=(0, 2)).abs(), ATP, "summed over the batch and d_model"),
+        (nb06.check_atp_score, lambda clean_act, corrupted_act, grad: ((corrupted_act - clean_act) * grad).mean(dim=0).sum(-1), ATP, "averaged over the batch"),
+        (nb06.check_atp_score, lambda clean_act, corrupted_act, grad: (corrupted_act * grad).sum(dim=(0, 2)), ATP, "use the difference"),
+        (nb06.check_atp_score, lambda clean_act, corrupted_act, grad: ((corrupted_act - clean_act) * grad).sum(dim=(0, 1)), ATP, None),
+        (nb06.check_spearman, _pearson, (A, B), "Pearson correlation of the values"),
+        (nb06.check_spearman, lambda a, b: _pearson(a.argsort(stable=True).argsort().double(), b.argsort(stable=True).argsort().double()), (A, B), "mean of their ranks"),
+        (nb06.check_spearman, lambda a, b: abs(attribution.rank_correlation(a, b)), (A, B), "absolute value"),
+        (nb06.check_top_k_overlap, lambda a, b, k: len(set(a.topk(k).indices.tolist()) & set(b.topk(k).indices.tolist())) / k, TOPK, "signed score"),
+        (nb06.check_top_k_overlap, lambda a, b, k: len(set(a.abs().topk(k).indices.tolist()) & set(b.abs().topk(k).indices.tolist())), TOPK, "divide by k"),
+        (nb06.check_top_k_overlap, lambda a, b, k: len(set(a.abs().topk(3).indices.tolist()) & set(b.abs().topk(3).indices.tolist())) / 3, TOPK, None),
+        (nb06.check_eap_edge_score, lambda sender_clean, sender_corrupted, sender_grad, receiver_grad: float(((sender_corrupted - sender_clean) * sender_grad).sum()), EAP, "gradient at the sender's output"),
+        (nb06.check_eap_edge_score, lambda sender_clean, sender_corrupted, sender_grad, receiver_grad: float(((sender_clean - sender_corrupted) * receiver_grad).sum()), EAP, "sign is flipped"),
+        (nb06.check_eap_edge_score, lambda sender_clean, sender_corrupted, sender_grad, receiver_grad: abs(float(((sender_corrupted - sender_clean) * receiver_grad).sum())), EAP, "absolute value"),
+        (nb06.check_eap_edge_score, lambda sender_clean, sender_corrupted, sender_grad, receiver_grad: float((sender_corrupted * receiver_grad).sum()), EAP, "use the difference"),
+        (nb06.check_ig_gradient, lambda grad_fn, clean, corrupted, steps: grad_fn(sum(corrupted + k / steps * (clean - corrupted) for k in range(1, steps + 1)) / steps), IG_ARGS, "averaged the activations"),
+        (nb06.check_ig_gradient, lambda grad_fn, clean, corrupted, steps: _ig(grad_fn, clean, corrupted, steps, range(steps)), IG_ARGS, "off by one"),
+        (nb06.check_ig_gradient, lambda grad_fn, clean, corrupted, steps: _ig(grad_fn, clean, corrupted, steps, range(steps + 1)), IG_ARGS, "off by one"),
+        (nb06.check_ig_gradient, lambda grad_fn, clean, corrupted, steps: _ig(grad_fn, corrupted, clean, steps, range(1, steps + 1)), IG_ARGS, "off by one"),  # the same points as k = 0 .. steps - 1
+        (nb06.check_ig_gradient, lambda grad_fn, clean, corrupted, steps: _ig(grad_fn, clean, corrupted, 5, range(1, 6)), IG_ARGS, None),
+    ],
+)
+def test_wrong_answers_pass_in_no_draw(check, wrong, args, hint):
+    assert_never_passes(check, wrong, *args, hint=hint)

@@ -10,6 +10,7 @@ import torch
 from mi_course import probing
 from mi_course.checks import nb08
 from mi_course.checks.core import CheckFailed
+from test_checks_core import assert_never_passes
 
 torch.set_num_threads(1)
 
@@ -45,9 +46,9 @@ def test_majority_accuracy(example):
     args = (example["y"][example["train"]], example["y"][example["test"]])
     nb08.check_majority_accuracy(probing.majority_accuracy, *args)
     nb08.check_majority_accuracy(majority_other, *args)
-    fails_with(nb08.check_majority_accuracy, lambda y_train, y_test: majority_other(y_test, y_test), *args, hint="most common label of the test set")
-    fails_with(nb08.check_majority_accuracy, lambda y_train, y_test: majority_other(y_train, y_train), *args, hint="how common the majority label is in the training set")
-    fails_with(nb08.check_majority_accuracy, lambda y_train, y_test: 1 / len(torch.unique(y_train)), *args, hint="chance for balanced classes")
+    assert_never_passes(nb08.check_majority_accuracy, lambda y_train, y_test: majority_other(y_test, y_test), *args, hint="most common label of the test set")
+    assert_never_passes(nb08.check_majority_accuracy, lambda y_train, y_test: majority_other(y_train, y_train), *args, hint="how common the majority label is in the training set")
+    assert_never_passes(nb08.check_majority_accuracy, lambda y_train, y_test: 1 / len(torch.unique(y_train)), *args, hint="chance for balanced classes")
 
 
 # 08.2
@@ -86,14 +87,30 @@ def split_first_prompts(prompt_ids, test_fraction, seed):
     return (~is_test).nonzero().squeeze(1), is_test.nonzero().squeeze(1)
 
 
+def split_global_rng(prompt_ids, test_fraction, seed):
+    """Ignores `seed`: draws from the global random state (different each call)."""
+    ids = prompt_ids.unique()
+    test_prompts = ids[torch.randperm(len(ids))[: round(test_fraction * len(ids))]]
+    is_test = torch.isin(prompt_ids, test_prompts)
+    return (~is_test).nonzero().squeeze(1), is_test.nonzero().squeeze(1)
+
+
+def split_reseeds_global_rng(prompt_ids, test_fraction, seed):
+    """Correct: repeatable, although it sets the global seed (which the check restores afterwards)."""
+    torch.manual_seed(seed)
+    return split_global_rng(prompt_ids, test_fraction, seed)
+
+
 def test_split_by_prompt(example):
     nb08.check_split_by_prompt(split_reference, example["prompts"])
     nb08.check_split_by_prompt(split_other, example["prompts"])
-    fails_with(nb08.check_split_by_prompt, split_by_token, example["prompts"], hint="the same sentence is in train and test")
-    fails_with(nb08.check_split_by_prompt, split_returns_prompt_ids, example["prompts"], hint="every row index")
-    fails_with(nb08.check_split_by_prompt, split_unseeded, example["prompts"], hint="same for seeds 0 and 1")
-    fails_with(nb08.check_split_by_prompt, split_first_prompts, example["prompts"], hint="same for seeds 0 and 1")
-    fails_with(nb08.check_split_by_prompt, lambda p, f, s: split_reference(p, 0.9, s), example["prompts"], hint="fraction test_fraction")
+    nb08.check_split_by_prompt(split_reseeds_global_rng, example["prompts"])
+    assert_never_passes(nb08.check_split_by_prompt, split_global_rng, example["prompts"], hint="same seed, your function gave different answers")
+    assert_never_passes(nb08.check_split_by_prompt, split_by_token, example["prompts"], hint="the same sentence is in train and test")
+    assert_never_passes(nb08.check_split_by_prompt, split_returns_prompt_ids, example["prompts"], hint="every row index")
+    assert_never_passes(nb08.check_split_by_prompt, split_unseeded, example["prompts"], hint="same for seeds 0 and 1")
+    assert_never_passes(nb08.check_split_by_prompt, split_first_prompts, example["prompts"], hint="same for seeds 0 and 1")
+    assert_never_passes(nb08.check_split_by_prompt, lambda p, f, s: split_reference(p, 0.9, s), example["prompts"], hint="fraction test_fraction")
 
 
 # 08.3
@@ -117,14 +134,20 @@ def control_uniform(word_types, labels, seed):
     return torch.randint(0, int(labels.max()) + 1, (len(types),), generator=gen)[index]
 
 
+def control_global_rng(word_types, labels, seed):
+    types, index = torch.unique(word_types, return_inverse=True)
+    return labels[torch.randint(0, len(labels), (len(types),))][index]
+
+
 def test_control_task(example):
     args = (example["types"], example["y"])
     nb08.check_control_task(probing.control_labels, *args)
     nb08.check_control_task(control_other, *args)
-    fails_with(nb08.check_control_task, control_per_token, *args, hint="one fixed label")
-    fails_with(nb08.check_control_task, control_uniform, *args, hint="not uniformly over the classes")
-    fails_with(nb08.check_control_task, lambda word_types, labels, seed: labels.clone(), *args, hint="the task's own labels")
-    fails_with(nb08.check_control_task, lambda word_types, labels, seed: probing.control_labels(word_types, labels, 0), *args, hint="same for seeds 0 and 1")
+    assert_never_passes(nb08.check_control_task, control_global_rng, *args, hint="same seed, your function gave different answers")
+    assert_never_passes(nb08.check_control_task, control_per_token, *args, hint="one fixed label")
+    assert_never_passes(nb08.check_control_task, control_uniform, *args, hint="not uniformly over the classes")
+    assert_never_passes(nb08.check_control_task, lambda word_types, labels, seed: labels.clone(), *args, hint="the task's own labels")
+    assert_never_passes(nb08.check_control_task, lambda word_types, labels, seed: probing.control_labels(word_types, labels, 0), *args, hint="same for seeds 0 and 1")
 
 
 # 08.4
@@ -172,8 +195,8 @@ def test_reflect():
     nb08.check_reflect(reflect_other, *args)
     hook_based = lambda h, direction, offset: probing.probe_intervention_hook(direction, offset)(h[:, None])[:, 0]
     nb08.check_reflect(hook_based, *args)
-    fails_with(nb08.check_reflect, lambda h, direction, offset: -h, *args, hint="flipped the whole vector")
-    fails_with(nb08.check_reflect, lambda h, direction, offset: h - 2 * (h @ direction + offset)[:, None] * direction, *args, hint="unnormalised weight")
-    fails_with(nb08.check_reflect, lambda h, direction, offset: reflect_other(h, direction, 0.0), *args, hint="include the offset")
-    fails_with(nb08.check_reflect, lambda h, direction, offset: (h + reflect_other(h, direction, offset)) / 2, *args, hint="factor 1")
-    fails_with(nb08.check_reflect, lambda h, direction, offset: reflect_other(h, direction, offset)[:, :-1], *args, hint="shape")
+    assert_never_passes(nb08.check_reflect, lambda h, direction, offset: -h, *args, hint="flipped the whole vector")
+    assert_never_passes(nb08.check_reflect, lambda h, direction, offset: h - 2 * (h @ direction + offset)[:, None] * direction, *args, hint="unnormalised weight")
+    assert_never_passes(nb08.check_reflect, lambda h, direction, offset: reflect_other(h, direction, 0.0), *args, hint="include the offset")
+    assert_never_passes(nb08.check_reflect, lambda h, direction, offset: (h + reflect_other(h, direction, offset)) / 2, *args, hint="factor 1")
+    assert_never_passes(nb08.check_reflect, lambda h, direction, offset: reflect_other(h, direction, offset)[:, :-1], *args, hint="shape")

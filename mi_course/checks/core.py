@@ -47,6 +47,8 @@ __all__ = [
     "guard_hook",
     "passed",
     "register_plain",
+    "separates",
+    "separating_case",
 ]
 
 # Private references, taken at import (before any learner code runs): the verdict goes
@@ -537,6 +539,33 @@ def check_seeded(exercise: str, learner: Callable, *args: Any, seed_hint: str | 
             "not from the global random state.",
         )
     return first
+
+
+# ---------------------------------------------------------------- fresh cases that separate the mistakes
+
+
+def separates(case: Mapping[str, Any], reference: Callable, mistakes: Iterable[Callable], *, tol: float = 1e-3) -> bool:
+    """Whether, on ``case``, the reference and every mistake give pairwise different answers
+    (a mistake that raises counts as different): then each mistake fails on this case for certain,
+    and a learner matching one of them everywhere is told which."""
+    answers = [_plain(reference(**case))]
+    for wrong in mistakes:
+        try:
+            answers.append(_plain(wrong(**case)))
+        except Exception:
+            continue
+    return not any(_plain_close(a, b, tol, 0.0) for i, a in enumerate(answers) for b in answers[i + 1 :])
+
+
+def separating_case(draw: Callable[[int], Mapping[str, Any]], reference: Callable, mistakes: Iterable[Callable], seed: int, *, tries: int = 50, tol: float = 1e-3) -> dict[str, Any]:
+    """A fresh case ``draw(s)`` (for seeds derived from ``seed``) on which :func:`separates` holds."""
+    mistakes = list(mistakes)
+    stream = random.Random(seed)
+    for _ in range(tries):
+        case = dict(draw(stream.getrandbits(31)))
+        if separates(case, reference, mistakes, tol=tol):
+            return case
+    raise RuntimeError(f"no fresh case in {tries} draws separates the reference from every typical mistake")
 
 
 # ---------------------------------------------------------------- the checks

@@ -314,12 +314,16 @@ def check_ablate_head_hook(learner: Callable, example: Mapping | None = None) ->
 
 
 def _effect_cases(example: Mapping | None) -> list[dict]:
+    """Losses and logit differences; effects inside (0, 1), negative (the intervention helps) and above 1 (it overshoots the baseline)."""
     cases = [dict(example)] if example is not None else []
     g = torch.Generator().manual_seed(fresh_seed())
-    low, high = sorted(torch.rand(2, generator=g).tolist())
-    middle = low + (high - low) * float(torch.rand(1, generator=g))
+    low, high = sorted((0.1 + torch.rand(2, generator=g)).tolist())
+    middle = low + (high - low) * (0.2 + 0.6 * float(torch.rand(1, generator=g)))
     cases.append(dict(clean=low, intervened=middle, baseline=5 * high))  # a loss: lower is better
     cases.append(dict(clean=10 * high, intervened=5 * middle, baseline=-low))  # a logit difference
+    cases.append(dict(clean=middle, intervened=low, baseline=5 * high))  # a loss that the intervention lowers: effect < 0
+    cases.append(dict(clean=5 * middle, intervened=10 * high, baseline=-low))  # a logit difference it raises: effect < 0
+    cases.append(dict(clean=low, intervened=8 * high, baseline=5 * high))  # past the baseline: effect > 1
     return cases
 
 

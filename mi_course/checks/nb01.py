@@ -189,22 +189,43 @@ def check_head_dla(
 # 01.4 ---------------------------------------------------------------------------------
 
 
+def _top_grid_cases(dla_grid: Tensor, gen: torch.Generator) -> list[dict]:
+    """The example, then a wide and a tall grid (never square) whose largest |DLA| is negative, each with another k."""
+    cases = [dict(dla_grid=dla_grid, k=3)]
+    for wide in (True, False):
+        a, b = int(torch.randint(2, 5, (1,), generator=gen)), int(torch.randint(1, 4, (1,), generator=gen))
+        shape = (a, a + b) if wide else (a + b, a)
+        grid = torch.randn(shape, generator=gen)
+        top = grid.abs().argmax()
+        grid.view(-1)[top] = -grid.view(-1)[top].abs()  # the strongest head pushes towards the wrong answer
+        k = int(torch.randint(4, 6, (1,), generator=gen)) if wide else 2  # never the example's k = 3
+        cases.append(dict(dla_grid=grid, k=k))
+    return cases
+
+
+def _unflatten(flat: Tensor, width: int) -> list[tuple[int, int]]:
+    return [(int(i) // width, int(i) % width) for i in flat]
+
+
 def check_top_heads(learner: Callable, dla_grid: Float[Tensor, "layer head"]) -> None:
     """``top_heads(dla_grid, k)``: the k (layer, head) pairs with the largest |DLA|, largest first."""
     gen = torch.Generator().manual_seed(fresh_seed())
-    shape = (int(torch.randint(2, 6, (1,), generator=gen)), int(torch.randint(3, 9, (1,), generator=gen)))
-    cases = [dict(dla_grid=dla_grid, k=3), dict(dla_grid=torch.randn(shape, generator=gen), k=4)]
+    cases = _top_grid_cases(dla_grid, gen)
 
     def signed(dla_grid, k):
-        flat = dla_grid.flatten().topk(k).indices
-        return [(int(i) // dla_grid.shape[1], int(i) % dla_grid.shape[1]) for i in flat]
+        return _unflatten(dla_grid.flatten().topk(k).indices, dla_grid.shape[1])
 
     def swapped(dla_grid, k):
         return [(h, l) for l, h in residual.top_components(dla_grid, k)]
 
     def smallest(dla_grid, k):
-        flat = dla_grid.abs().flatten().topk(k, largest=False).indices
-        return [(int(i) // dla_grid.shape[1], int(i) % dla_grid.shape[1]) for i in flat]
+        return _unflatten(dla_grid.abs().flatten().topk(k, largest=False).indices, dla_grid.shape[1])
+
+    def rows_as_width(dla_grid, k):
+        return _unflatten(dla_grid.abs().flatten().topk(k).indices, dla_grid.shape[0])
+
+    def ascending(dla_grid, k):
+        return residual.top_components(dla_grid, k)[::-1]
 
     check_function(
         "01.4",
@@ -215,6 +236,9 @@ def check_top_heads(learner: Callable, dla_grid: Float[Tensor, "layer head"]) ->
             "rank by absolute value: a head that pushes hard towards the wrong answer (negative DLA) matters as much.": signed,
             "return (layer, head) pairs: the grid's rows are layers, its columns heads.": swapped,
             "you returned the smallest |DLA| first; sort descending.": smallest,
+            "you unflattened with the wrong size: in the flattened [layer, head] grid, index i is layer i // n_heads "
+            "(the number of columns, dla_grid.shape[1]) and head i % n_heads.": rows_as_width,
+            "you have the right heads in the wrong order: largest |DLA| first.": ascending,
         },
         hint="return a list of k (layer, head) tuples of ints, ordered by |DLA|, largest first.",
         success="you found the top heads",

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mi_course import induction
-from mi_course.checks.core import CheckFailed, check_function, fresh_seed
+from mi_course.checks.core import CheckFailed, check_function, fresh_seed, separating_case
 
 __all__ = [
     "check_copying_score",
@@ -246,44 +246,48 @@ def check_resample_ablate(learner: Callable, example: Mapping | None = None) -> 
 # ---------------------------------------------------------------- 02.5 copying score
 
 
-def _matrix_cases(example: Mapping | None, n: int = 3) -> list[dict]:
-    """Random non-symmetric square matrices with a diagonal boost, so the answer is strictly inside (0, 1)."""
-    cases = [dict(example)] if example is not None else []
-    for _ in range(n):
-        g = torch.Generator().manual_seed(fresh_seed())
-        size = int(torch.randint(20, 60, (1,), generator=g))
-        matrix = torch.randn(size, size, generator=g) + 1.5 * torch.eye(size) + torch.randn(size, 1, generator=g)
-        cases.append(dict(full_ov=matrix))
-    return cases
+def _random_ov(seed: int) -> dict:
+    """A random non-symmetric square matrix with a diagonal boost (the answer strictly inside (0, 1)) and
+    row offsets of both signs (so that a positive own logit, or one above the row's mean, is not the same as the largest)."""
+    g = torch.Generator().manual_seed(seed)
+    size = int(torch.randint(20, 60, (1,), generator=g))
+    matrix = torch.randn(size, size, generator=g) + 1.5 * torch.eye(size) + 2 * torch.randn(size, 1, generator=g)
+    return dict(full_ov=matrix)
 
 
 def _copying_reference(full_ov: Tensor) -> float:
     return induction.diagonal_argmax_fraction(full_ov)
 
 
+def _rows(m: Tensor) -> Tensor:
+    return torch.arange(m.shape[0])
+
+
+_COPYING_MISTAKES = {
+    "you took the argmax down each column (dim 0): a row is one source token and its entries are the "
+    "logits of every output token, so take the argmax along the last axis.": lambda full_ov: (full_ov.argmax(0) == _rows(full_ov)).float().mean().item(),
+    "that is a count: return the fraction of tokens (divide by the vocabulary size).": lambda full_ov: float((full_ov.argmax(-1) == _rows(full_ov)).sum()),
+    "a positive own logit is not enough: the token's own logit must be the largest of its row.": lambda full_ov: (full_ov.diagonal() > 0).float().mean().item(),
+    "you compared the own logit with the row's mean: it must be the row's maximum.": lambda full_ov: (full_ov.diagonal() > full_ov.mean(-1)).float().mean().item(),
+}
+
+
+def _matrix_cases(example: Mapping | None, n: int = 3) -> list[dict]:
+    """The example, then random matrices on which every typical mistake gives another answer."""
+    cases = [dict(example)] if example is not None else []
+    for _ in range(n):
+        cases.append(separating_case(_random_ov, _copying_reference, _COPYING_MISTAKES.values(), fresh_seed()))
+    return cases
+
+
 def check_copying_score(learner: Callable, example: Mapping | None = None) -> None:
     """Check ``copying_score(full_ov) -> float``: fraction of rows whose top entry is on the diagonal."""
-    rows = lambda m: torch.arange(m.shape[0])  # noqa: E731
     check_function(
         "02.5",
         learner,
         _copying_reference,
         _matrix_cases(example),
-        mistakes={
-            "you took the argmax down each column (dim 0): a row is one source token and its entries are the "
-            "logits of every output token, so take the argmax along the last axis.": lambda full_ov: (
-                full_ov.argmax(0) == rows(full_ov)
-            ).float().mean().item(),
-            "that is a count: return the fraction of tokens (divide by the vocabulary size).": lambda full_ov: float(
-                (full_ov.argmax(-1) == rows(full_ov)).sum()
-            ),
-            "a positive own logit is not enough: the token's own logit must be the largest of its row.": lambda full_ov: (
-                full_ov.diagonal() > 0
-            ).float().mean().item(),
-            "you compared the own logit with the row's mean: it must be the row's maximum.": lambda full_ov: (
-                full_ov.diagonal() > full_ov.mean(-1)
-            ).float().mean().item(),
-        },
+        mistakes=_COPYING_MISTAKES,
         hint="expected the fraction of rows i whose largest entry is full_ov[i, i].",
         success="copying score matches",
     )

@@ -233,13 +233,31 @@ def _as_cells(found: Any) -> Any:
         return found
 
 
+def _cells_grid(gen: torch.Generator, rows: int, cols: int, threshold: float) -> Tensor:
+    """A random grid with several cells per layer at or above `threshold`, one cell exactly on it, and
+    a strongly negative cell (|value| above the threshold)."""
+    grid = torch.randn(rows, cols, generator=gen) * 0.5
+    grid = grid.where(grid < threshold, grid - 2 * threshold)  # no accidental hits
+    for layer in range(rows):
+        for pos in torch.randperm(cols, generator=gen)[: _randint(gen, 2, min(4, cols) + 1)].tolist():
+            grid[layer, pos] = threshold + 0.05 + 0.5 * float(torch.rand(1, generator=gen))
+    cells = torch.randperm(rows * cols, generator=gen)[:2].tolist()
+    grid.view(-1)[cells[0]] = threshold  # exactly on the threshold: counts
+    grid.view(-1)[cells[1]] = -(threshold + 0.3)  # a large negative effect: does not count
+    return grid
+
+
 def check_important_cells(learner: Callable, results: Float[Tensor, "layer pos"], threshold: float) -> None:
     """``important_cells(results, threshold)``: the (layer, position) cells whose patch restores at least ``threshold``."""
     if not callable(learner):
         raise CheckFailed("03.4", f"expected a function, got {type(learner).__name__}.")
     gen = torch.Generator().manual_seed(fresh_seed())
-    grid = torch.randn(_randint(gen, 2, 6), _randint(gen, 6, 12), generator=gen) * 0.5
-    cases = [dict(results=results, threshold=threshold), dict(results=grid, threshold=0.4)]
+    cases = [dict(results=results, threshold=threshold)]
+    for wide in (True, False):
+        rows, extra = _randint(gen, 3, 6), _randint(gen, 2, 6)
+        fresh_threshold = _randint(gen, 4, 8) / 16  # exact in float32, so a cell can sit exactly on it
+        shape = (rows, rows + extra) if wide else (rows + extra, rows)
+        cases.append(dict(results=_cells_grid(gen, *shape, fresh_threshold), threshold=fresh_threshold))
 
     def absolute(results, threshold):
         return _cells(results.abs(), threshold)
@@ -249,6 +267,13 @@ def check_important_cells(learner: Callable, results: Float[Tensor, "layer pos"]
 
     def without_bos(results, threshold):
         return [(l, p - 1) for l, p in _cells(results, threshold)]
+
+    def strict(results, threshold):
+        return [(int(l), int(p)) for l, p in (results > threshold).nonzero().tolist()]
+
+    def one_per_layer(results, threshold):
+        best = results.max(dim=1)
+        return [(l, int(p)) for l, (v, p) in enumerate(zip(best.values, best.indices)) if v >= threshold]
 
     check_function(
         "03.4",
@@ -260,6 +285,8 @@ def check_important_cells(learner: Callable, results: Float[Tensor, "layer pos"]
             "from the clean value. Keep results >= threshold.": lambda **c: sorted(absolute(**c)),
             "return (layer, position) pairs: the heatmap's rows are layers and its columns positions.": lambda **c: sorted(swapped(**c)),
             "your positions are off by one: position 0 is the <bos> token, and the columns count it.": lambda **c: sorted(without_bos(**c)),
+            "a cell exactly at the threshold counts too: keep results >= threshold, not > threshold.": lambda **c: sorted(strict(**c)),
+            "you kept one cell per layer (its maximum): keep every cell of a layer that reaches the threshold.": lambda **c: sorted(one_per_layer(**c)),
         },
         hint="return every (layer, position) with results[layer, position] >= threshold, as a list of pairs of ints.",
         success="you found the cells that matter",

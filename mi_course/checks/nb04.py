@@ -152,6 +152,11 @@ class _SyntheticScore:
                 sign = 1.0 if _randint(gen, 0, 1) else -1.0
                 self.u[min(e, f), max(e, f)] = sign * _uniform(gen, 1.5, 4.0) * scale
 
+    def quantise(self, steps: int) -> None:
+        """Round every weight to a multiple of 1 / steps, so that the score's sums are exact."""
+        self.w = {e: round(w * steps) / steps for e, w in self.w.items()}
+        self.u = {pair: round(u * steps) / steps for pair, u in self.u.items()}
+
     def __call__(self, patched: Iterable[Edge]) -> float:
         patched = set(patched)
         unknown = patched - self.edges
@@ -209,18 +214,40 @@ _PATCH_EDGE_MISTAKES: dict[str, Callable] = {
 }
 
 
-def _patch_edge_case(gen: torch.Generator, *, attn_only: bool) -> dict[str, Any]:
-    """A random model, tokens and head-input edge (receiver in layer 1) whose mistakes all differ."""
+def _one_kind(kind: str) -> Callable:
+    """Patches the head's `kind` input (q, k or v), whatever the receiver's kind."""
+
+    def wrong(model, clean_tokens, corrupted_tokens, sender, receiver):
+        return _patch_edge(model, clean_tokens, corrupted_tokens, sender, f"{receiver.split('.')[0]}.{kind}")
+
+    return wrong
+
+
+_ONE_KIND_MISTAKES: dict[str, Callable] = {
+    f"you always patched the head's {kind} input: the receiver's last letter says which input to patch "
+    f"(blocks.{{l}}.hook_{{kind}}_input with kind = receiver.split('.')[1], q, k or v).": _one_kind(kind)
+    for kind in "qkv"
+}
+_PATCH_EDGE_MISTAKES.update(_ONE_KIND_MISTAKES)
+
+
+def _patch_edge_case(gen: torch.Generator, *, attn_only: bool, kind: str) -> dict[str, Any]:
+    """A random model, tokens and edge into a layer-1 head's `kind` input whose mistakes all differ
+    (patching another kind of the same head's input included)."""
     for _ in range(_TRIES):
         model = _random_model(gen, attn_only=attn_only)
         clean, corrupted = _random_tokens(gen, model)
-        edges = sorted(e for e in graph(model).edges if "." in e.receiver and not e.receiver.startswith("L0"))
+        edges = sorted(e for e in graph(model).edges if e.receiver.endswith(f".{kind}") and not e.receiver.startswith("L0"))
         edge = _choice(gen, edges)
         case = dict(model=model, clean_tokens=clean, corrupted_tokens=corrupted, sender=edge.sender, receiver=edge.receiver)
-        answers = [_patch_edge(**case)] + [wrong(**case) for wrong in _PATCH_EDGE_MISTAKES.values()]
+        wrongs = [wrong for wrong in _PATCH_EDGE_MISTAKES.values() if wrong is not _ONE_KIND_MISTAKES_BY_KIND[kind]]
+        answers = [_patch_edge(**case)] + [wrong(**case) for wrong in wrongs]
         if _distinct(answers):
             return case
     raise RuntimeError("could not draw a fresh case for 04.1")
+
+
+_ONE_KIND_MISTAKES_BY_KIND = dict(zip("qkv", _ONE_KIND_MISTAKES.values()))
 
 
 def check_patch_edge(
@@ -236,7 +263,9 @@ def check_patch_edge(
     where `sender` is "embed", "L{l}H{h}" or "MLP{l}" and `receiver` is "L{l}H{h}.q", ".k" or ".v"."""
     gen = torch.Generator().manual_seed(fresh_seed())
     cases = [dict(model=model, clean_tokens=clean_tokens, corrupted_tokens=corrupted_tokens, sender=sender, receiver=receiver)]
-    cases += [_patch_edge_case(gen, attn_only=True), _patch_edge_case(gen, attn_only=False)]
+    kinds = ["q", "k", "v"]
+    order = torch.randperm(3, generator=gen).tolist()  # every kind of head input, in a random order
+    cases += [_patch_edge_case(gen, attn_only=i != 1, kind=kinds[j]) for i, j in enumerate(order)]
     check_function(
         "04.1",
         lambda model, clean_tokens, corrupted_tokens, sender, receiver: learner(model, clean_tokens, corrupted_tokens, sender, receiver),
@@ -375,13 +404,35 @@ _GREEDY_MISTAKES: dict[str, Callable] = {
 }
 
 
+def _at_threshold(edges, score, threshold) -> frozenset:
+    """Removes an edge also when its change equals the threshold (<= instead of <)."""
+    removed: set = set()
+    current = score(frozenset())
+    for edge in edges:
+        trial = score(removed | {edge})
+        if abs(trial - current) <= threshold:
+            removed.add(edge)
+            current = trial
+    return frozenset(removed)
+
+
+_GREEDY_MISTAKES["a change exactly equal to the threshold keeps the edge: remove it only when |trial − current| < threshold (strictly)."] = _at_threshold
+
+
 def _greedy_case(gen: torch.Generator) -> dict[str, Any]:
+    """A random ordered edge list and a made-up score in which one edge's removal changes the score by
+    exactly the threshold (weights are multiples of 2^-12, so the sums are exact), whose mistakes all differ."""
     for _ in range(_TRIES):
         all_edges = sorted(_fake_graph(gen))
         order = torch.randperm(len(all_edges), generator=gen)[: _randint(gen, 12, 20)].tolist()
         edges = [all_edges[i] for i in order]
-        threshold = round(_uniform(gen, 0.05, 0.15), 3)
-        case = dict(edges=edges, score=_SyntheticScore(gen, edges, threshold), threshold=threshold)
+        threshold = _randint(gen, 205, 615) / 4096  # about 0.05 to 0.15
+        score = _SyntheticScore(gen, edges, threshold)
+        score.quantise(4096)
+        boundary = edges[_randint(gen, 0, len(edges) - 1)]
+        score.u = {pair: u for pair, u in score.u.items() if boundary not in pair}
+        score.w[boundary] = threshold if _randint(gen, 0, 1) else -threshold
+        case = dict(edges=edges, score=score, threshold=threshold)
         answers = [_greedy(**case)] + [wrong(**case) for wrong in _GREEDY_MISTAKES.values()]
         if _distinct(answers):
             return case

@@ -93,12 +93,13 @@ def _ordinal_ranks(x: Tensor) -> Tensor:
 def _spearman_cases(a: Tensor, b: Tensor) -> list[dict]:
     gen = torch.Generator().manual_seed(fresh_seed())
     cases = [dict(a=a, b=b)]
-    for n in (12, 30):
+    for n, sign in ((12, 1.0), (30, -1.0)):
         x = torch.randint(0, 5, (n,), generator=gen).to(torch.float64)  # many ties
-        y = x + torch.randint(-2, 3, (n,), generator=gen).to(torch.float64)
+        y = sign * x + torch.randint(-2, 3, (n,), generator=gen).to(torch.float64)
         cases.append(dict(a=x, b=y))
-    x = torch.randn(20, generator=gen, dtype=torch.float64) ** 3  # no ties, skewed
-    cases.append(dict(a=x, b=x + 0.5 * torch.randn(20, generator=gen, dtype=torch.float64)))
+    for sign in (1.0, -1.0):  # no ties, skewed; correlated and anti-correlated, so that the sign matters
+        x = torch.randn(20, generator=gen, dtype=torch.float64) ** 3
+        cases.append(dict(a=x, b=sign * x + 0.5 * torch.randn(20, generator=gen, dtype=torch.float64)))
     return cases
 
 
@@ -112,6 +113,7 @@ def check_spearman(learner: Callable, a: Tensor, b: Tensor) -> None:
         mistakes={
             "you computed the Pearson correlation of the values themselves: replace each value by its rank first.": lambda a, b: _pearson(a, b),
             "tied values must share the mean of their ranks (argsort of argsort gives tied values different ranks).": lambda a, b: _pearson(_ordinal_ranks(a), _ordinal_ranks(b)),
+            "you returned the absolute value: a negative rank correlation (one ranking reversed) must stay negative.": lambda a, b: abs(rank_correlation(a, b)),
         },
         hint="rank each list (ties get the mean of their ranks), then take the Pearson correlation of the ranks.",
         success="rank correlation, ties included",
@@ -157,10 +159,13 @@ def check_eap_edge_score(learner: Callable, sender_clean: Tensor, sender_corrupt
     """``eap_edge_score(sender_clean, sender_corrupted, sender_grad, receiver_grad)``: the EAP score of one edge."""
     gen = torch.Generator().manual_seed(fresh_seed())
     cases = [dict(sender_clean=sender_clean, sender_corrupted=sender_corrupted, sender_grad=sender_grad, receiver_grad=receiver_grad)]
-    for _ in range(2):
+    for sign in (1.0, -1.0, 1.0, -1.0):  # scores of both signs, so that the sign matters
         shape = tuple(int(torch.randint(2, 6, (1,), generator=gen)) for _ in range(3))
         receiver = _randn(gen, *shape)
-        cases.append(dict(sender_clean=_randn(gen, *shape), sender_corrupted=_randn(gen, *shape), sender_grad=receiver + _randn(gen, *shape), receiver_grad=receiver))
+        clean, corrupted = _randn(gen, *shape), _randn(gen, *shape)
+        if _eap(clean, corrupted, None, receiver) * sign < 0:
+            clean, corrupted = corrupted, clean
+        cases.append(dict(sender_clean=clean, sender_corrupted=corrupted, sender_grad=receiver + _randn(gen, *shape), receiver_grad=receiver))
     check_function(
         "06.4",
         lambda **case: float(learner(**case)),
@@ -170,6 +175,7 @@ def check_eap_edge_score(learner: Callable, sender_clean: Tensor, sender_corrupt
             "you used the gradient at the sender's output, not the receiver's input: that gives the sender's node score (summed over all its receivers), not this edge's.": lambda sender_clean, sender_corrupted, sender_grad, receiver_grad: _eap(sender_clean, sender_corrupted, None, sender_grad),
             "you used clean − corrupted: the sign is flipped. The edge is patched from the sender's clean output to its corrupted one.": lambda **case: -_eap(**case),
             "you multiplied the sender's corrupted output by the gradient: use the difference corrupted − clean.": lambda sender_clean, sender_corrupted, sender_grad, receiver_grad: float((sender_corrupted * receiver_grad).sum()),
+            "you took the absolute value: the sign says whether patching the edge raises or lowers the metric, keep it.": lambda **case: abs(_eap(**case)),
         },
         hint="sum (sender_corrupted − sender_clean) * receiver_grad over every dimension.",
         success="the EAP score of one edge",

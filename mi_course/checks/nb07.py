@@ -246,8 +246,11 @@ def check_ce_loss_score(learner: Callable, ce_clean: float, ce_zero: float, ce_s
     gen = _gen(fresh_seed())
     clean = 1 + float(torch.rand(1, generator=gen))
     zero = clean + 2 + 3 * float(torch.rand(1, generator=gen))
-    spliced = clean + (zero - clean) * (0.05 + 0.5 * float(torch.rand(1, generator=gen)))
-    cases = [dict(ce_clean=ce_clean, ce_zero=ce_zero, ce_spliced=ce_spliced), dict(ce_clean=clean, ce_zero=zero, ce_spliced=spliced)]
+    cases = [dict(ce_clean=ce_clean, ce_zero=ce_zero, ce_spliced=ce_spliced)]
+    # spliced between clean and zero ablation; worse than zero ablation (a negative score); better than clean (above 1)
+    for low, high in ((0.05, 0.55), (1.1, 1.6), (-0.4, -0.1)):
+        spliced = clean + (zero - clean) * (low + (high - low) * float(torch.rand(1, generator=gen)))
+        cases.append(dict(ce_clean=clean, ce_zero=zero, ce_spliced=spliced))
     check_function(
         "07.6",
         learner,
@@ -284,7 +287,12 @@ def _dead(acts, *, how):
 def check_dead_fraction(learner: Callable, acts: Float[Tensor, "n d_sae"]) -> None:
     """``dead_fraction(acts)``: the fraction of latents that never fire on any token of the window, a float."""
     seed = fresh_seed()
-    cases = [dict(acts=acts), dict(acts=sparse_latents(seed, n=30)), dict(acts=sparse_latents(seed + 1, n=8, d_sae=33))]
+    cases = [dict(acts=acts)]
+    for i, (n, d_sae) in enumerate(((30, 24), (8, 33))):
+        latents = sparse_latents(seed + i, n=n, d_sae=d_sae)
+        dense = torch.randperm(d_sae, generator=_gen(seed + i))[:3]
+        latents[:, dense] = 0.5 + torch.rand(n, 3, generator=_gen(seed + i))  # a few latents fire on every token
+        cases.append(dict(acts=latents))
     check_function(
         "07.5",
         learner,
