@@ -16,7 +16,9 @@ mechanism from the literature is needed to predict it:
 
 Text is written with GPT-2's leading-space convention (" Mary", " 17" + "41" for 1741), so
 the same strings tokenize one word to one token with the word-level `tokenizer()` here and,
-for the words chosen, with GPT-2's BPE (see `mi_course.tasks`).
+for the words chosen, with GPT-2's BPE (see `mi_course.tasks`). `sample_tokens_with_labels`
+with ``tokenizer=model.tokenizer`` encodes the labelled documents for another model (GPT-2
+small): every word stays one token, so every label stays on one token.
 
 Every token carries labels (`Word`): part of speech, grammatical number, role, year digits,
 position in a repeat, sentence kind and the grammar's entropy of that token given everything
@@ -430,7 +432,7 @@ def encode_words(words: list[Word]) -> list[int]:
 
 @dataclass
 class LabelledTokens:
-    """toy-lm tokens and per-token labels, all of shape (n, n_ctx); position 0 is BOS.
+    """Token ids (toy-lm's, or the given tokenizer's) and per-token labels, all of shape (n, n_ctx); position 0 is BOS.
 
     The string labels are numpy arrays (ready for scikit-learn); `entropy[i, t]` is the grammar's
     entropy of token t given tokens < t (0 at BOS, which is never predicted).
@@ -446,18 +448,73 @@ class LabelledTokens:
     entropy: Float[Tensor, "n n_ctx"]
 
 
-def sample_tokens_with_labels(n: int, seed: int, n_ctx: int = 64) -> LabelledTokens:
-    """`n` random documents of exactly `n_ctx` tokens (BOS + sentences, the last one cut), labelled."""
+class _WordTokens:
+    """Word -> token id with a model's tokenizer, for words (and sentences) that are one token per word."""
+
+    def __init__(self, tokenizer):
+        if tokenizer.bos_token_id is None:
+            raise ValueError("the tokenizer has no BOS token; every document starts with BOS.")
+        self.tok = tokenizer
+        self.bos = tokenizer.bos_token_id
+        self.specials = set(tokenizer.all_special_ids)
+        self._ids: dict[str, int | None] = {}
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return self.tok.encode(text, add_special_tokens=False)
+        except Exception:  # a WordLevel tokenizer without UNK raises a bare Exception on unknown words
+            return []
+
+    def id(self, text: str) -> int | None:
+        """The word's token id if it is exactly one token (not UNK or another special), else None."""
+        if text not in self._ids:
+            ids = self.encode(text)
+            ok = len(ids) == 1 and ids[0] not in self.specials and self.tok.decode(ids).strip().lower() == text.strip().lower()
+            self._ids[text] = ids[0] if ok else None
+        return self._ids[text]
+
+    def sentence(self, s: Sentence) -> list[int] | None:
+        """One id per word, if every word is one token and the sentence's text tokenizes to exactly those ids."""
+        ids = [self.id(w.text) for w in s.words]
+        if None in ids or self.encode(s.text) != ids:
+            return None  # e.g. GPT-2 merges " 17" + "41" of some years into other tokens
+        return ids
+
+
+def sample_tokens_with_labels(n: int, seed: int, n_ctx: int = 64, tokenizer=None) -> LabelledTokens:
+    """`n` random documents of exactly `n_ctx` tokens (BOS + sentences, the last one cut), labelled.
+
+    ``tokenizer`` (e.g. ``model.tokenizer`` of GPT-2 small): encode the documents with it
+    instead of toy-lm's vocabulary. Only sentences whose every word is exactly one of its
+    tokens, and whose text it tokenizes to those same tokens, are kept (others are redrawn),
+    so each label stays on one token and the model sees its own tokenization. All the
+    grammar's words are one GPT-2 token; a few years are not (GPT-2 merges some "17" + "41").
+    With toy-lm's tokenizer every sentence is kept, and the result equals the default. (The
+    entropy labels are those of the unfiltered grammar.)
+    """
     if n < 1 or n_ctx < 2:
         raise ValueError(f"need n >= 1 documents and n_ctx >= 2 tokens, got n={n}, n_ctx={n_ctx}.")
     rng = random.Random(seed)
-    rows, kinds = [], []
+    vocab = None if tokenizer is None else _WordTokens(tokenizer)
+    rows, kinds, ids = [], [], []
     for _ in range(n):
-        sentences = sample_document(rng, n_ctx)
+        if vocab is None:
+            sentences = sample_document(rng, n_ctx)
+        else:
+            sentences, doc_ids = [], [vocab.bos]
+            while len(doc_ids) < n_ctx:
+                s, tries = sample_sentence(rng), 1
+                while (s_ids := vocab.sentence(s)) is None:
+                    if tries >= 1000:
+                        raise ValueError(f"the tokenizer does not encode the grammar one token per word (e.g. {s.text!r}).")
+                    s, tries = sample_sentence(rng), tries + 1
+                sentences.append(s)
+                doc_ids += s_ids
+            ids.append(doc_ids[:n_ctx])
         rows.append(document_words(sentences)[:n_ctx])
         kinds.append((["bos"] + [s.kind for s in sentences for _ in s.words])[:n_ctx])
     return LabelledTokens(
-        tokens=torch.tensor([encode_words(r) for r in rows]),
+        tokens=torch.tensor([encode_words(r) for r in rows] if vocab is None else ids),
         pos=np.array([[w.pos for w in r] for r in rows]),
         number=np.array([[w.number for w in r] for r in rows]),
         role=np.array([[w.role for w in r] for r in rows]),

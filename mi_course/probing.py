@@ -40,6 +40,7 @@ __all__ = [
     "probe_selectivity",
     "randomize_weights",
     "residual_activations",
+    "residual_activations_by_layer",
     "train_probe",
     "train_test_split",
 ]
@@ -242,6 +243,25 @@ def residual_activations(
         _, cache = model.run_with_cache(chunk, names_filter=names[layer], stop_at_layer=min(layer + 1, model.cfg.n_layers))
         out.append(cache[names[layer]])
     return torch.cat(out)
+
+
+@torch.no_grad()
+def residual_activations_by_layer(
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos"], batch_size: int = 64
+) -> Float[Tensor, "layer_plus_1 batch pos d_model"]:
+    """The residual stream after every number of layers, 0 (embeddings) to n_layers, in one forward pass per batch.
+
+    Entry ``i`` equals ``residual_activations(model, tokens, i)``; on a deep model this is much
+    faster than one call per layer, each of which runs the model up to that layer.
+    """
+    names = resid_hook_names(model)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}.")
+    out = []
+    for chunk in tokens.split(batch_size):
+        _, cache = model.run_with_cache(chunk, names_filter=lambda name: name in names, stop_at_layer=model.cfg.n_layers)
+        out.append(torch.stack([cache[name] for name in names]))
+    return torch.cat(out, dim=1)
 
 
 def randomize_weights(model: HookedTransformer, seed: int = 0) -> HookedTransformer:

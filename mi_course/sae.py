@@ -250,10 +250,23 @@ def hook_activations(
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}.")
     out = []
+    stop = _stop_layer(model, hook_name)
     for chunk in tqdm(tokens.split(batch_size), desc="caching activations", disable=len(tokens) <= 4 * batch_size):
-        _, cache = model.run_with_cache(chunk, names_filter=hook_name)
+        _, cache = model.run_with_cache(chunk, names_filter=hook_name, stop_at_layer=stop)
         out.append(cache[hook_name])
     return torch.cat(out)
+
+
+def _stop_layer(model: HookedTransformer, hook_name: str) -> int | None:
+    """Where a forward pass can stop when only ``hook_name`` is needed (None: run it all, unembedding included).
+
+    The activation is the same either way; skipping the later blocks and the unembedding only
+    saves time (most of it on a wide model such as GPT-2 small).
+    """
+    parts = hook_name.split(".")
+    if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit() and int(parts[1]) < model.cfg.n_layers:
+        return int(parts[1]) + 1
+    return None
 
 
 @torch.no_grad()

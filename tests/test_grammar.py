@@ -143,3 +143,29 @@ def test_every_word_is_one_gpt2_token(gpt2_tokenizer):
             continue  # years are checked per year by mi_course.tasks
         assert [i for w in s.words for i in ids(w.text)] == ids(s.text)
         assert all(len(ids(w.text)) == 1 for w in s.words), s.text
+
+
+def test_labelled_tokens_with_toy_lm_tokenizer_equal_the_default():
+    default = g.sample_tokens_with_labels(30, seed=4, n_ctx=48)
+    explicit = g.sample_tokens_with_labels(30, seed=4, n_ctx=48, tokenizer=g.tokenizer())
+    assert torch.equal(default.tokens, explicit.tokens) and torch.equal(default.year, explicit.year)
+    assert (default.pos == explicit.pos).all() and (default.role == explicit.role).all() and (default.kind == explicit.kind).all()
+
+
+def test_labelled_tokens_with_gpt2_tokenizer_keep_one_label_per_token(gpt2_tokenizer):
+    data = g.sample_tokens_with_labels(40, seed=1, n_ctx=64, tokenizer=gpt2_tokenizer)
+    assert data.tokens.shape == data.pos.shape == data.role.shape == (40, 64)
+    assert (data.tokens[:, 0] == gpt2_tokenizer.bos_token_id).all() and (data.pos[:, 0] == "BOS").all()
+    names = {" " + n for n in g.NAMES}
+    for i in range(40):
+        strings = [gpt2_tokenizer.decode([t]) for t in data.tokens[i, 1:].tolist()]
+        # the model sees its own tokenization: the document's text encodes to the same ids
+        assert gpt2_tokenizer.encode("".join(strings), add_special_tokens=False) == data.tokens[i, 1:].tolist()
+        for t, token in enumerate(strings, start=1):
+            if data.role[i, t] in ("io_name", "s_name", "name"):
+                assert token in names
+            if data.year[i, t] >= 0:
+                assert token == f"{data.year[i, t].item():02d}"
+    assert {"NOUN", "VERB", "PROPN", "DET"} <= set(data.pos.reshape(-1))
+    # every year that is kept splits as " CC" + "YY"
+    assert (data.year >= 0).any()

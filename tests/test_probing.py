@@ -20,6 +20,7 @@ from mi_course.probing import (
     probe_selectivity,
     randomize_weights,
     residual_activations,
+    residual_activations_by_layer,
     train_probe,
     train_test_split,
 )
@@ -132,6 +133,16 @@ def test_residual_activations_layers(model):
     torch.testing.assert_close(residual_activations(model, toks, 2), cache["blocks.1.hook_resid_post"])
     with pytest.raises(ValueError, match=r"between 0 \(embeddings\) and 2"):
         residual_activations(model, toks, 3)
+
+
+def test_residual_activations_by_layer_equal_one_call_per_layer(model):
+    toks = torch.randint(0, 50, (5, 10), generator=torch.Generator().manual_seed(6))
+    stack = residual_activations_by_layer(model, toks, batch_size=2)
+    assert stack.shape == (model.cfg.n_layers + 1, 5, 10, model.cfg.d_model)
+    for layer in range(model.cfg.n_layers + 1):
+        assert torch.equal(stack[layer], residual_activations(model, toks, layer, batch_size=2))
+    with pytest.raises(ValueError, match="batch, pos"):
+        residual_activations_by_layer(model, toks[0])
 
 
 def test_randomize_weights(model):

@@ -160,6 +160,17 @@ def test_latent_activations_and_top_contexts(model):
         top_activating_contexts(acts, toks, model)
 
 
+def test_hook_activations_skip_later_blocks_with_the_same_result(model, monkeypatch):
+    toks = tokens(5, 3)
+    _, cache = model.run_with_cache(toks)
+    stops = []
+    run_with_cache = model.run_with_cache
+    monkeypatch.setattr(model, "run_with_cache", lambda *a, **kw: stops.append(kw.get("stop_at_layer")) or run_with_cache(*a, **kw))
+    for hook in ("blocks.0.hook_resid_pre", "blocks.0.attn.hook_z", "blocks.1.hook_resid_post", "hook_embed", "ln_final.hook_normalized"):
+        torch.testing.assert_close(hook_activations(model, toks, hook, batch_size=2), cache[hook], rtol=0, atol=0)
+    assert stops == [1] * 6 + [2] * 3 + [None] * 6  # 3 batches each; after the last block only the unembedding is skipped
+
+
 def test_score_latents_against_sklearn():
     gen = torch.Generator().manual_seed(9)
     labels = np.array(["noun", "verb", "det"])[torch.randint(0, 3, (300,), generator=gen).numpy()]
