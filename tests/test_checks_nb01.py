@@ -225,3 +225,32 @@ def _flat_top(grid, k, width):
 )
 def test_top_heads_wrong_answers_pass_in_no_draw(wrong, hint):
     assert_never_passes(nb01.check_top_heads, wrong, SQUARE_GRID, hint=hint)
+
+
+# ---------------------------------------------------------------- the checks that run a model: every fresh case separates every mistake
+
+from mi_course.checks.core import separates  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "draw, reference, mistakes",
+    [
+        (nb01._parts_case, nb01._parts_reference, nb01._PARTS_MISTAKES),
+        (nb01._head_case, nb01._head_reference, nb01._HEAD_MISTAKES),
+        (nb01._dla_case, nb01._dla_reference, nb01._DLA_MISTAKES),
+        (nb01._remove_case, nb01._remove_reference, nb01._REMOVE_MISTAKES),
+        (nb01._by_layer_case, nb01._by_layer_reference, nb01._BY_LAYER_MISTAKES),
+    ],
+    ids=["01.1", "01.2", "01.3", "01.5", "01.6"],
+)
+def test_fresh_cases_separate_every_mistake(draw, reference, mistakes):
+    """By construction (separating_case redraws until it holds); here: how the checks draw them."""
+    for seed in range(3):
+        case = nb01.separating_case(draw, reference, mistakes.values(), seed)
+        assert separates(case, reference, mistakes.values())
+
+
+def test_remove_part_hook_at_the_last_position_only(example):
+    model, tokens = example["model"], example["tokens"]
+    part = residual.head_outputs(model, example["cache"], 1)[:, -1, 0]
+    fails_with(nb01.check_remove_part_hook, lambda part, pos: residual.remove_part_hook(part, -1), model, tokens, part, hint="always edited the last position")

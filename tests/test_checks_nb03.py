@@ -284,3 +284,25 @@ def _ablated_in_place(z, head, mode, index=None):
 )
 def test_wrong_answers_pass_in_no_draw(check, wrong, args, hint):
     assert_never_passes(check, wrong, *args, hint=hint)
+
+
+# ---------------------------------------------------------------- the checks that run a model: every fresh case separates every mistake
+
+from mi_course.checks.core import separates  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "draw, reference, mistakes",
+    [
+        (nb03._restore_case, nb03._restore_reference, nb03._RESTORE_MISTAKES),
+        (lambda seed: nb03._by_hand_case(seed, 0), nb03._by_hand, nb03._BY_HAND_MISTAKES),
+        (lambda seed: nb03._by_hand_case(seed, 1), nb03._by_hand, nb03._BY_HAND_MISTAKES),
+    ],
+    ids=["03.2", "03.3-layer0", "03.3-layer1"],
+)
+def test_fresh_cases_separate_every_mistake(draw, reference, mistakes, request):
+    pairwise = not request.node.callspec.id.endswith("layer1")  # two of 03.3's mistakes agree in the last layer
+    for seed in range(3):
+        case = nb03.separating_case(draw, reference, mistakes.values(), seed, pairwise=pairwise)
+        assert separates(case, reference, mistakes.values(), pairwise=pairwise)
+        assert abs(nb03._by_hand(**case) - nb03._package(**case)) < 1e-4 if "metric" in case else True

@@ -174,3 +174,23 @@ def test_kl_final_to_lens(kl_example):
 def test_kl_matches_the_package(kl_example):
     final, early = kl_example
     assert torch.allclose(kl_reference(final, early).mean(), lens._kl_from_final(early[None].reshape(1, -1, final.shape[-1]), final.reshape(-1, final.shape[-1]))[0])
+
+
+# the checks that run a model (05.1, 05.3): every fresh case separates every mistake
+
+from mi_course.checks.core import separates  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "draw, reference, mistakes",
+    [
+        (lambda seed: nb05._lens_case(seed, 0), nb05._lens_reference, nb05._LENS_MISTAKES),
+        (lambda seed: nb05._lens_case(seed, 1), nb05._lens_reference, nb05._LENS_MISTAKES),
+        (nb05._head_logits_case, nb05._head_logits_reference, nb05._HEAD_LOGITS_MISTAKES),
+    ],
+    ids=["05.1-layer0", "05.1-layer1", "05.3"],
+)
+def test_fresh_cases_separate_every_mistake(draw, reference, mistakes):
+    for seed in range(3):
+        case = nb05.separating_case(draw, reference, mistakes.values(), seed)
+        assert separates(case, reference, mistakes.values())

@@ -200,3 +200,12 @@ def test_reflect():
     assert_never_passes(nb08.check_reflect, lambda h, direction, offset: reflect_other(h, direction, 0.0), *args, hint="include the offset")
     assert_never_passes(nb08.check_reflect, lambda h, direction, offset: (h + reflect_other(h, direction, offset)) / 2, *args, hint="factor 1")
     assert_never_passes(nb08.check_reflect, lambda h, direction, offset: reflect_other(h, direction, offset)[:, :-1], *args, hint="shape")
+
+
+def test_selectivity_fresh_cases_separate_every_mistake():
+    """08.4 trains probes (not cheap): by construction, each fresh case puts every mistake 0.02 or more from the answer."""
+    from mi_course.checks.core import separates
+
+    for seed in range(3):
+        case = nb08.separating_case(nb08._random_probe_data, nb08.reference_selectivity, nb08._SELECTIVITY_MISTAKES.values(), seed, tol=0.02, tries=20)
+        assert separates(case, nb08.reference_selectivity, nb08._SELECTIVITY_MISTAKES.values(), tol=0.02)

@@ -270,6 +270,8 @@ def _plain_close(g: Any, e: Any, atol: float, rtol: float) -> bool:
     """``close`` on plain copies (nothing here can run the learner's code)."""
     if isinstance(g, _Opaque) or isinstance(e, _Opaque):
         return False
+    if isinstance(e, float) and isinstance(g, np.ndarray) and g.size == 1 and g.dtype.kind in "biuf":
+        g = float(g.reshape(-1)[0])  # a number asked for, a one-element tensor given: compare the number
     if isinstance(e, np.ndarray) or isinstance(g, np.ndarray):
         try:
             ga = g if isinstance(g, np.ndarray) else _np_asarray(g)
@@ -544,26 +546,29 @@ def check_seeded(exercise: str, learner: Callable, *args: Any, seed_hint: str | 
 # ---------------------------------------------------------------- fresh cases that separate the mistakes
 
 
-def separates(case: Mapping[str, Any], reference: Callable, mistakes: Iterable[Callable], *, tol: float = 1e-3) -> bool:
-    """Whether, on ``case``, the reference and every mistake give pairwise different answers
-    (a mistake that raises counts as different): then each mistake fails on this case for certain,
-    and a learner matching one of them everywhere is told which."""
+def separates(case: Mapping[str, Any], reference: Callable, mistakes: Iterable[Callable], *, tol: float = 1e-3, pairwise: bool = True) -> bool:
+    """Whether, on ``case``, the reference and every mistake give different answers (a mistake that
+    raises counts as different): then each mistake fails on this case for certain. With ``pairwise``,
+    the mistakes also differ from each other, so that a learner matching one of them everywhere is told which."""
     answers = [_plain(reference(**case))]
     for wrong in mistakes:
         try:
             answers.append(_plain(wrong(**case)))
         except Exception:
             continue
-    return not any(_plain_close(a, b, tol, 0.0) for i, a in enumerate(answers) for b in answers[i + 1 :])
+    pairs = [(0, j) for j in range(1, len(answers))] if not pairwise else [(i, j) for i in range(len(answers)) for j in range(i + 1, len(answers))]
+    return not any(_plain_close(answers[i], answers[j], tol, 0.0) for i, j in pairs)
 
 
-def separating_case(draw: Callable[[int], Mapping[str, Any]], reference: Callable, mistakes: Iterable[Callable], seed: int, *, tries: int = 50, tol: float = 1e-3) -> dict[str, Any]:
+def separating_case(
+    draw: Callable[[int], Mapping[str, Any]], reference: Callable, mistakes: Iterable[Callable], seed: int, *, tries: int = 50, tol: float = 1e-3, pairwise: bool = True
+) -> dict[str, Any]:
     """A fresh case ``draw(s)`` (for seeds derived from ``seed``) on which :func:`separates` holds."""
     mistakes = list(mistakes)
     stream = random.Random(seed)
     for _ in range(tries):
         case = dict(draw(stream.getrandbits(31)))
-        if separates(case, reference, mistakes, tol=tol):
+        if separates(case, reference, mistakes, tol=tol, pairwise=pairwise):
             return case
     raise RuntimeError(f"no fresh case in {tries} draws separates the reference from every typical mistake")
 

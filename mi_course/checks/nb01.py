@@ -16,7 +16,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
 
 from mi_course import residual
-from mi_course.checks.core import CheckFailed, check_function, fresh_seed, guard_hook
+from mi_course.checks.core import CheckFailed, check_function, fresh_seed, guard_hook, separating_case
 
 __all__ = [
     "check_head_dla",
@@ -80,31 +80,44 @@ def _check(exercise: str, learner: Callable, reference: Callable, cases: list[di
 # 01.1 ---------------------------------------------------------------------------------
 
 
+def _parts_reference(model, cache):
+    return residual.layer_components(model, cache)[0]
+
+
+def _no_pos(model, cache):
+    return residual.layer_components(model, cache)[0][[0] + list(range(2, 2 + 2 * model.cfg.n_layers))]
+
+
+def _cumulative(model, cache):
+    post = [cache[f"blocks.{layer}.hook_{kind}"] for layer in range(model.cfg.n_layers) for kind in ("resid_mid", "resid_post")]
+    return torch.stack([cache["hook_embed"], cache["hook_pos_embed"], *post])
+
+
+def _attn_only(model, cache):
+    return torch.stack([cache["hook_embed"], cache["hook_pos_embed"]] + [cache[f"blocks.{l}.hook_attn_out"] for l in range(model.cfg.n_layers)])
+
+
+_PARTS_MISTAKES = {
+    "you left out the position embeddings (cache['hook_pos_embed']): the stream starts as token plus position embedding.": _no_pos,
+    "you stacked the running sums (hook_resid_mid / hook_resid_post), not what each layer adds: use hook_attn_out and hook_mlp_out.": _cumulative,
+    "you left out the MLPs: each layer adds its attention output and then its MLP output (hook_mlp_out).": _attn_only,
+}
+
+
+def _parts_case(seed: int) -> dict:
+    task = _random_task(seed)
+    return dict(model=task["model"], cache=task["cache"])
+
+
 def check_residual_parts(learner: Callable, model: HookedTransformer, cache: ActivationCache) -> None:
     """``residual_parts(model, cache)``: embeddings, then each layer's attention and MLP output."""
-    task = _random_task(fresh_seed())
-    cases = [dict(model=model, cache=cache), dict(model=task["model"], cache=task["cache"])]
-
-    def no_pos(model, cache):
-        return residual.layer_components(model, cache)[0][[0] + list(range(2, 2 + 2 * model.cfg.n_layers))]
-
-    def cumulative(model, cache):
-        post = [cache[f"blocks.{layer}.hook_{kind}"] for layer in range(model.cfg.n_layers) for kind in ("resid_mid", "resid_post")]
-        return torch.stack([cache["hook_embed"], cache["hook_pos_embed"], *post])
-
-    def attn_only(model, cache):
-        return torch.stack([cache["hook_embed"], cache["hook_pos_embed"]] + [cache[f"blocks.{l}.hook_attn_out"] for l in range(model.cfg.n_layers)])
-
+    fresh = separating_case(_parts_case, _parts_reference, _PARTS_MISTAKES.values(), fresh_seed())
     _check(
         "01.1",
         learner,
-        lambda model, cache: residual.layer_components(model, cache)[0],
-        cases,
-        mistakes={
-            "you left out the position embeddings (cache['hook_pos_embed']): the stream starts as token plus position embedding.": no_pos,
-            "you stacked the running sums (hook_resid_mid / hook_resid_post), not what each layer adds: use hook_attn_out and hook_mlp_out.": cumulative,
-            "you left out the MLPs: each layer adds its attention output and then its MLP output (hook_mlp_out).": attn_only,
-        },
+        _parts_reference,
+        [dict(model=model, cache=cache), fresh],
+        mistakes=_PARTS_MISTAKES,
         hint="compare your stack with the order asked for: embed, pos_embed, then per layer attention output and MLP output.",
         success="the parts sum to the final residual",
     )
@@ -113,31 +126,34 @@ def check_residual_parts(learner: Callable, model: HookedTransformer, cache: Act
 # 01.2 ---------------------------------------------------------------------------------
 
 
+def _head_reference(model, cache, layer, head):
+    return residual.head_outputs(model, cache, layer)[:, :, head]
+
+
+_HEAD_MISTAKES = {
+    "you added the bias b_O: it belongs to the whole attention layer, not to one head, so leave it out here.": lambda model, cache, layer, head: _head_reference(model, cache, layer, head) + model.b_O[layer],
+    "you used the values (hook_v) before the attention pattern mixes them; use hook_z, the pattern-weighted values.": lambda model, cache, layer, head: cache[f"blocks.{layer}.attn.hook_v"][:, :, head] @ model.W_O[layer, head],
+}
+
+
+def _head_case(seed: int) -> dict:
+    task = _random_task(seed)
+    layer, head = (int(torch.randint(0, n, (1,), generator=task["gen"])) for n in (2, 4))
+    return dict(model=task["model"], cache=task["cache"], layer=layer, head=head)
+
+
 def check_head_output(learner: Callable, model: HookedTransformer, cache: ActivationCache) -> None:
     """``head_output(model, cache, layer, head)``: one head's write into the residual stream."""
-    task = _random_task(fresh_seed())
-    gen = task["gen"]
-    layer, head = (int(torch.randint(0, n, (1,), generator=gen)) for n in (2, 4))
     cases = [
         dict(model=model, cache=cache, layer=model.cfg.n_layers - 1, head=0),
-        dict(model=task["model"], cache=task["cache"], layer=layer, head=head),
+        separating_case(_head_case, _head_reference, _HEAD_MISTAKES.values(), fresh_seed()),
     ]
-
-    def with_bias(model, cache, layer, head):
-        return residual.head_outputs(model, cache, layer)[:, :, head] + model.b_O[layer]
-
-    def from_values(model, cache, layer, head):
-        return cache[f"blocks.{layer}.attn.hook_v"][:, :, head] @ model.W_O[layer, head]
-
     check_function(
         "01.2",
         learner,
-        lambda model, cache, layer, head: residual.head_outputs(model, cache, layer)[:, :, head],
+        _head_reference,
         cases,
-        mistakes={
-            "you added the bias b_O: it belongs to the whole attention layer, not to one head, so leave it out here.": with_bias,
-            "you used the values (hook_v) before the attention pattern mixes them; use hook_z, the pattern-weighted values.": from_values,
-        },
+        mistakes=_HEAD_MISTAKES,
         hint="a head writes z[:, :, head] @ W_O[layer, head]; check the hook name and the head axis.",
         success="your head outputs match",
     )
@@ -154,6 +170,26 @@ def _dla(model, cache, answers, wrong_answers, layer, head, *, scale=True, wrong
     return sign * (out * direction.T).sum(-1)
 
 
+def _dla_reference(model, cache, answers, wrong_answers, layer, head):
+    return residual.head_dla(model, cache, answers, wrong_answers)[layer, head]
+
+
+_DLA_MISTAKES = {
+    "you forgot the final layer norm's scale: divide the head's output by cache['ln_final.hook_scale'] at the last position.": lambda **c: _dla(**c, scale=False),
+    "you projected on W_U[:, answers] alone: the direction is W_U[:, answers] - W_U[:, wrong_answers].": lambda **c: _dla(**c, wrong=False),
+    "the sign is flipped: use answer minus wrong answer, not the other way round.": lambda **c: _dla(**c, sign=-1.0),
+    "you took the absolute value: a head can push towards the wrong answer, and its DLA is then negative.": lambda **c: _dla(**c).abs(),
+}
+
+
+def _dla_case(seed: int) -> dict:
+    task = _random_task(seed)
+    gen = task.pop("gen")
+    task.pop("tokens")
+    layer, head = (int(torch.randint(0, n, (1,), generator=gen)) for n in (2, 4))
+    return dict(task, layer=layer, head=head)
+
+
 def check_head_dla(
     learner: Callable,
     model: HookedTransformer,
@@ -162,25 +198,17 @@ def check_head_dla(
     wrong_answers: Int[Tensor, "batch"],
 ) -> None:
     """``head_dla(model, cache, answers, wrong_answers, layer, head)``: per-prompt DLA of one head."""
-    task = _random_task(fresh_seed())
-    gen = task.pop("gen")
-    task.pop("tokens")
-    layer, head = (int(torch.randint(0, n, (1,), generator=gen)) for n in (2, 4))
     top = residual.top_components(residual.head_dla(model, cache, answers, wrong_answers).mean(-1), 1)[0]
     cases = [
         dict(model=model, cache=cache, answers=answers, wrong_answers=wrong_answers, layer=top[0], head=top[1]),
-        dict(task, layer=layer, head=head),
+        separating_case(_dla_case, _dla_reference, _DLA_MISTAKES.values(), fresh_seed()),
     ]
     check_function(
         "01.3",
         learner,
-        lambda **case: residual.head_dla(case["model"], case["cache"], case["answers"], case["wrong_answers"])[case["layer"], case["head"]],
+        _dla_reference,
         cases,
-        mistakes={
-            "you forgot the final layer norm's scale: divide the head's output by cache['ln_final.hook_scale'] at the last position.": lambda **c: _dla(**c, scale=False),
-            "you projected on W_U[:, answers] alone: the direction is W_U[:, answers] - W_U[:, wrong_answers].": lambda **c: _dla(**c, wrong=False),
-            "the sign is flipped: use answer minus wrong answer, not the other way round.": lambda **c: _dla(**c, sign=-1.0),
-        },
+        mistakes=_DLA_MISTAKES,
         hint="DLA = (head output at the last position / frozen final scale) · (W_U[:, answer] - W_U[:, wrong answer]), one number per prompt.",
         success="your direct logit attribution matches",
     )
@@ -264,37 +292,55 @@ def _logits_with(factory: Callable, model, tokens, part, pos, *, learner: bool =
     return model.run_with_hooks(tokens, fwd_hooks=[(name, hook)])
 
 
+def _everywhere(part, pos):
+    return lambda resid, hook: resid - part[:, None]
+
+
+def _added(part, pos):
+    return residual.remove_part_hook(-part, pos)
+
+
+def _unchanged(part, pos):
+    return lambda resid, hook: None
+
+
+def _at_last(part, pos):
+    return residual.remove_part_hook(part, -1)
+
+
+def _remove_reference(**c) -> Tensor:
+    return _logits_with(residual.remove_part_hook, **c)
+
+
+_REMOVE_MISTAKES = {
+    "you subtracted the part at every position; subtract it only at resid[:, pos].": lambda **c: _logits_with(_everywhere, **c),
+    "you added the part instead of subtracting it.": lambda **c: _logits_with(_added, **c),
+    "your hook left the activation unchanged: return the edited tensor (a hook that edits a copy must return it).": lambda **c: _logits_with(_unchanged, **c),
+    "you always edited the last position: subtract `part` at position `pos`, the argument.": lambda **c: _logits_with(_at_last, **c),
+}
+
+
+def _remove_case(seed: int) -> dict:
+    task = _random_task(seed)
+    gen = task["gen"]
+    pos = int(torch.randint(1, task["tokens"].shape[1] - 1, (1,), generator=gen))  # neither the first nor the last
+    return dict(model=task["model"], tokens=task["tokens"], part=torch.randn(4, 32, generator=gen), pos=pos)
+
+
 def check_remove_part_hook(learner: Callable, model: HookedTransformer, tokens: Int[Tensor, "batch pos"], part: Float[Tensor, "batch d_model"]) -> None:
     """``remove_part_hook(part, pos)`` returns a hook that subtracts ``part`` at position ``pos``."""
-    task = _random_task(fresh_seed())
-    gen = task["gen"]
-    pos = int(torch.randint(0, task["tokens"].shape[1], (1,), generator=gen))
-    cases = [
-        dict(model=model, tokens=tokens, part=part, pos=-1),
-        dict(model=task["model"], tokens=task["tokens"], part=torch.randn(4, 32, generator=gen), pos=pos),
-    ]
-
-    def everywhere(part, pos):
-        return lambda resid, hook: resid - part[:, None]
-
-    def added(part, pos):
-        return residual.remove_part_hook(-part, pos)
-
-    def unchanged(part, pos):
-        return lambda resid, hook: None
-
     if not callable(learner):
         raise CheckFailed("01.5", f"expected a function, got {type(learner).__name__}.")
+    cases = [
+        dict(model=model, tokens=tokens, part=part, pos=-1),
+        separating_case(_remove_case, _remove_reference, _REMOVE_MISTAKES.values(), fresh_seed()),
+    ]
     check_function(
         "01.5",
         lambda **c: _logits_with(learner, **c, learner=True),
-        lambda **c: _logits_with(residual.remove_part_hook, **c),
+        _remove_reference,
         cases,
-        mistakes={
-            "you subtracted the part at every position; subtract it only at resid[:, pos].": lambda **c: _logits_with(everywhere, **c),
-            "you added the part instead of subtracting it.": lambda **c: _logits_with(added, **c),
-            "your hook left the activation unchanged: return the edited tensor (a hook that edits a copy must return it).": lambda **c: _logits_with(unchanged, **c),
-        },
+        mistakes=_REMOVE_MISTAKES,
         hint="the hook should return the activation with `part` subtracted at position `pos` only.",
         success="your hook edits the residual stream as asked",
     )
@@ -314,6 +360,25 @@ def _by_layer(model, cache, answers, wrong_answers, *, scale="frozen", offset=Tr
     return diffs + (model.b_U[answers] - model.b_U[wrong_answers]) * offset
 
 
+def _by_layer_reference(**c) -> Tensor:
+    return residual.accumulated_logit_diff(**c)[0]
+
+
+_BY_LAYER_MISTAKES = {
+    "you forgot the final layer norm's scale: divide every running sum by the frozen scale cache['ln_final.hook_scale'][:, -1].": lambda **c: _by_layer(**c, scale="none"),
+    "you recomputed the layer norm at each layer: that is the logit lens proper (next notebooks); here keep the final scale frozen, so that the entries add up DLA.": lambda **c: _by_layer(**c, scale="own"),
+    "you left out the unembedding bias: add b_U[answers] - b_U[wrong_answers] to every entry.": lambda **c: _by_layer(**c, offset=False),
+    "you left out row 0, the embeddings alone: start with blocks.0.hook_resid_pre.": lambda **c: _by_layer(**c)[1:],
+}
+
+
+def _by_layer_case(seed: int) -> dict:
+    task = _random_task(seed)
+    task.pop("gen")
+    task.pop("tokens")
+    return task
+
+
 def check_logit_diff_by_layer(
     learner: Callable,
     model: HookedTransformer,
@@ -322,21 +387,16 @@ def check_logit_diff_by_layer(
     wrong_answers: Int[Tensor, "batch"],
 ) -> None:
     """``logit_diff_by_layer(model, cache, answers, wrong_answers)``: [n_layers + 1, batch]."""
-    task = _random_task(fresh_seed())
-    task.pop("gen")
-    task.pop("tokens")
-    cases = [dict(model=model, cache=cache, answers=answers, wrong_answers=wrong_answers), task]
+    cases = [
+        dict(model=model, cache=cache, answers=answers, wrong_answers=wrong_answers),
+        separating_case(_by_layer_case, _by_layer_reference, _BY_LAYER_MISTAKES.values(), fresh_seed()),
+    ]
     _check(
         "01.6",
         learner,
-        lambda **c: residual.accumulated_logit_diff(**c)[0],
+        _by_layer_reference,
         cases,
-        mistakes={
-            "you forgot the final layer norm's scale: divide every running sum by the frozen scale cache['ln_final.hook_scale'][:, -1].": lambda **c: _by_layer(**c, scale="none"),
-            "you recomputed the layer norm at each layer: that is the logit lens proper (next notebooks); here keep the final scale frozen, so that the entries add up DLA.": lambda **c: _by_layer(**c, scale="own"),
-            "you left out the unembedding bias: add b_U[answers] - b_U[wrong_answers] to every entry.": lambda **c: _by_layer(**c, offset=False),
-            "you left out row 0, the embeddings alone: start with blocks.0.hook_resid_pre.": lambda **c: _by_layer(**c)[1:],
-        },
+        mistakes=_BY_LAYER_MISTAKES,
         hint="one row per running sum (embeddings, after layer 0, ..., after the last layer), one column per prompt; the last row is the model's logit difference.",
         success="the last row is the model's own logit difference",
     )

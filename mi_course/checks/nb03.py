@@ -16,7 +16,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mi_course import patching
-from mi_course.checks.core import CheckFailed, check_function, fresh_seed, guard_hook
+from mi_course.checks.core import CheckFailed, check_function, fresh_seed, guard_hook, separating_case
 from mi_course.checks.nb01 import random_model
 
 __all__ = [
@@ -69,9 +69,11 @@ def check_normalise(learner: Callable, value: Tensor | float, clean_value: float
     """``normalise(value, clean_value, corrupted_value)``: 1 at the clean value, 0 at the corrupted one."""
     gen = torch.Generator().manual_seed(fresh_seed())
     clean, corrupted = 1 + 5 * torch.rand(1, generator=gen).item(), -2 * torch.rand(1, generator=gen).item()
+    values = torch.randn(16, generator=gen) * 3
+    values[:2] = torch.tensor([corrupted - 1.0, clean + 1.0])  # beyond both ends: normalised below 0 and above 1
     cases = [
         dict(value=value, clean_value=clean_value, corrupted_value=corrupted_value),
-        dict(value=torch.randn(16, generator=gen) * 3, clean_value=clean, corrupted_value=corrupted),
+        dict(value=values, clean_value=clean, corrupted_value=corrupted),
         # a metric where lower is better (a loss): the clean value is below the corrupted one
         dict(value=2 + torch.rand(1, generator=gen).item(), clean_value=1.5 + torch.rand(1, generator=gen).item(), corrupted_value=4.0 + torch.rand(1, generator=gen).item()),
     ]
@@ -120,49 +122,65 @@ def _run_with(factory: Callable, model, clean_tokens, corrupted_tokens, layer, p
         return model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
 
 
+def _every_position(clean_activation, pos):
+    return lambda activation, hook: clean_activation
+
+
+def _added(clean_activation, pos):
+    def hook(activation, hook):
+        activation = activation.clone()
+        activation[:, pos] += clean_activation[:, pos]
+        return activation
+
+    return hook
+
+
+def _batch_axis(clean_activation, pos):
+    def hook(activation, hook):
+        activation = activation.clone()
+        activation[pos] = clean_activation[pos]
+        return activation
+
+    return hook
+
+
+def _unchanged(clean_activation, pos):
+    return lambda activation, hook: None
+
+
+def _restore_reference(**c) -> Tensor:
+    return _run_with(_restore, **c)
+
+
+_RESTORE_MISTAKES = {
+    "you patched every position, not just `pos`: replace only activation[:, pos].": lambda **c: _run_with(_every_position, **c),
+    "you added the clean activation to the corrupted one; replace (overwrite) it instead.": lambda **c: _run_with(_added, **c),
+    "you indexed the batch axis: positions are axis 1, so write activation[:, pos], for every prompt.": lambda **c: _run_with(_batch_axis, **c),
+    "your hook left the activation unchanged: return the edited tensor (a hook that edits a copy must return it).": lambda **c: _run_with(_unchanged, **c),
+}
+
+
+def _restore_case(seed: int) -> dict:
+    task = random_pair(seed)
+    gen = task.pop("gen")
+    task.pop("metric")
+    return dict(task, layer=_randint(gen, 0, 2), pos=_randint(gen, 1, 7))
+
+
 def check_restore_hook(learner: Callable, model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"], layer: int, pos: int) -> None:
     """``restore_hook(clean_activation, pos)``: a hook that writes the clean activation at position ``pos`` only."""
     if not callable(learner):
         raise CheckFailed("03.2", f"expected a function, got {type(learner).__name__}.")
-    task = random_pair(fresh_seed())
-    gen = task.pop("gen")
-    task.pop("metric")
     cases = [
         dict(model=model, clean_tokens=clean_tokens, corrupted_tokens=corrupted_tokens, layer=layer, pos=pos),
-        dict(task, layer=_randint(gen, 0, 2), pos=_randint(gen, 1, 7)),
+        separating_case(_restore_case, _restore_reference, _RESTORE_MISTAKES.values(), fresh_seed()),
     ]
-
-    def every_position(clean_activation, pos):
-        return lambda activation, hook: clean_activation
-
-    def added(clean_activation, pos):
-        def hook(activation, hook):
-            activation = activation.clone()
-            activation[:, pos] += clean_activation[:, pos]
-            return activation
-        return hook
-
-    def batch_axis(clean_activation, pos):
-        def hook(activation, hook):
-            activation = activation.clone()
-            activation[pos] = clean_activation[pos]
-            return activation
-        return hook
-
-    def unchanged(clean_activation, pos):
-        return lambda activation, hook: None
-
     check_function(
         "03.2",
         lambda **c: _run_with(learner, **c, learner=True),
-        lambda **c: _run_with(_restore, **c),
+        _restore_reference,
         cases,
-        mistakes={
-            "you patched every position, not just `pos`: replace only activation[:, pos].": lambda **c: _run_with(every_position, **c),
-            "you added the clean activation to the corrupted one; replace (overwrite) it instead.": lambda **c: _run_with(added, **c),
-            "you indexed the batch axis: positions are axis 1, so write activation[:, pos], for every prompt.": lambda **c: _run_with(batch_axis, **c),
-            "your hook left the activation unchanged: return the edited tensor (a hook that edits a copy must return it).": lambda **c: _run_with(unchanged, **c),
-        },
+        mistakes=_RESTORE_MISTAKES,
         hint="the hook should return the activation with position `pos` (all prompts) replaced by clean_activation[:, pos].",
         success="your hook restores one clean position",
     )
@@ -184,35 +202,43 @@ def _package(model, clean_tokens, corrupted_tokens, metric, layer, pos) -> float
     return float(patching.patch_resid_pre(model, clean_tokens, corrupted_tokens, metric, progress=False)[layer, pos])
 
 
+def _clean_run(model, clean_tokens, corrupted_tokens, metric, layer, pos):
+    with torch.no_grad():
+        return float(metric(model(clean_tokens)))
+
+
+_BY_HAND_MISTAKES = {
+    "your result is the clean run's metric: either you ran the clean input and patched clean activations (run the *corrupted* prompts), "
+    "or you patched every position, not just `pos`.": _clean_run,
+    "nothing changed: your result is the corrupted run's metric. Cache the *clean* run, and make sure the hook returns the edited activation.":
+        lambda **c: _by_hand(**c, source="corrupted"),
+    "that is noising: you ran the clean prompts and inserted a corrupted activation. Denoising runs the corrupted prompts and restores a clean one.":
+        lambda **c: _by_hand(**c, base="clean", source="corrupted"),
+    "you patched blocks.{layer}.hook_resid_post; the heatmap patches hook_resid_pre, the stream that block `layer` reads.":
+        lambda **c: _by_hand(**c, name="resid_post"),
+}
+
+
+def _by_hand_case(seed: int, layer: int) -> dict:
+    task = random_pair(seed)
+    gen = task.pop("gen")
+    return dict(task, layer=layer, pos=_randint(gen, 1, 7))
+
+
 def check_patch_resid_by_hand(learner: Callable, model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"], metric: Callable, layer: int, pos: int) -> None:
     """``patch_resid_by_hand(model, clean_tokens, corrupted_tokens, metric, layer, pos)``: one denoising patch."""
-    task = random_pair(fresh_seed())
-    gen = task.pop("gen")
-    cases = [
-        dict(model=model, clean_tokens=clean_tokens, corrupted_tokens=corrupted_tokens, metric=metric, layer=layer, pos=pos),
-        dict(task, layer=_randint(gen, 0, 2), pos=_randint(gen, 1, 7)),
-        dict(task, layer=1, pos=7),
-    ]
-
-    def clean_run(model, clean_tokens, corrupted_tokens, metric, layer, pos):
-        with torch.no_grad():
-            return float(metric(model(clean_tokens)))
-
+    cases = [dict(model=model, clean_tokens=clean_tokens, corrupted_tokens=corrupted_tokens, metric=metric, layer=layer, pos=pos)]
+    for fresh_layer in (0, 1):  # both layers, a random position each: a fixed layer or position does not pass
+        # (in the last layer, patching hook_resid_post away from the last position changes nothing, like caching the
+        # corrupted run: those two mistakes may agree there; the layer-0 case tells them apart)
+        draw = lambda s, fresh_layer=fresh_layer: _by_hand_case(s, fresh_layer)  # noqa: E731
+        cases.append(separating_case(draw, _by_hand, _BY_HAND_MISTAKES.values(), fresh_seed(), pairwise=fresh_layer == 0))
     check_function(
         "03.3",
         learner,
         _package,
         cases,
-        mistakes={
-            "your result is the clean run's metric: either you ran the clean input and patched clean activations (run the *corrupted* prompts), "
-            "or you patched every position, not just `pos`.": clean_run,
-            "nothing changed: your result is the corrupted run's metric. Cache the *clean* run, and make sure the hook returns the edited activation.":
-                lambda **c: _by_hand(**c, source="corrupted"),
-            "that is noising: you ran the clean prompts and inserted a corrupted activation. Denoising runs the corrupted prompts and restores a clean one.":
-                lambda **c: _by_hand(**c, base="clean", source="corrupted"),
-            "you patched blocks.{layer}.hook_resid_post; the heatmap patches hook_resid_pre, the stream that block `layer` reads.":
-                lambda **c: _by_hand(**c, name="resid_post"),
-        },
+        mistakes=_BY_HAND_MISTAKES,
         hint="cache the clean run, run the corrupted prompts with a hook on blocks.{layer}.hook_resid_pre that restores position `pos`, and return metric(logits) as a float.",
         success="your patch matches the package's sweep",
     )

@@ -17,7 +17,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer
 
 from mi_course import lens, residual
-from mi_course.checks.core import fresh_seed
+from mi_course.checks.core import fresh_seed, separating_case
 from mi_course.checks.nb01 import _check, random_model
 
 __all__ = ["check_answer_rank", "check_head_logits", "check_kl_final_to_lens", "check_logit_lens_layer", "random_case"]
@@ -62,24 +62,37 @@ def _lens_layer(model, cache, layer, *, ln="fresh", weights=True, bias=True, pos
     return normed @ model.W_U + (model.b_U if bias else 0)
 
 
+def _lens_reference(model, cache, layer):
+    return lens.decode(model, _resid(model, cache, layer))
+
+
+_LENS_MISTAKES = {
+    "you forgot the final layer norm: apply model.ln_final to the residual before the unembedding.": lambda **c: _lens_layer(**c, ln="none"),
+    "you used the final layer norm's scale from the cache (ln_final.hook_scale): that is the scale of the *final* residual. "
+    "The logit lens recomputes the norm for the residual it reads (call model.ln_final on it).": lambda **c: _lens_layer(**c, ln="cached"),
+    "you forgot the unembedding bias: add model.b_U after multiplying by W_U.": lambda **c: _lens_layer(**c, bias=False),
+    "you normalised but left out the layer norm's weight and bias (model.ln_final.w, .b); calling model.ln_final does it all.": lambda **c: _lens_layer(**c, weights=False),
+    "off by one layer: layer l reads blocks.{l}.hook_resid_pre, the stream before the layer, not its hook_resid_post.": lambda **c: _lens_layer(**c, post=True),
+}
+
+
+def _lens_case(seed: int, layer: int) -> dict:
+    task = random_case(seed)
+    task.pop("gen")
+    return dict(task, layer=layer)
+
+
 def check_logit_lens_layer(learner: Callable, model: HookedTransformer, cache: ActivationCache) -> None:
     """``logit_lens_layer(model, cache, layer)``: the residual that layer ``layer`` reads, decoded."""
-    task = random_case(fresh_seed())
-    layer = int(torch.randint(0, task["model"].cfg.n_layers, (1,), generator=task.pop("gen")))
-    cases = [dict(model=model, cache=cache, layer=1), dict(task, layer=layer)]
+    cases = [dict(model=model, cache=cache, layer=1)]
+    for layer in (0, 1):  # every layer, so that a fixed one does not pass
+        cases.append(separating_case(lambda s, layer=layer: _lens_case(s, layer), _lens_reference, _LENS_MISTAKES.values(), fresh_seed()))
     _check(
         "05.1",
         learner,
-        lambda model, cache, layer: lens.decode(model, _resid(model, cache, layer)),
+        _lens_reference,
         cases,
-        mistakes={
-            "you forgot the final layer norm: apply model.ln_final to the residual before the unembedding.": lambda **c: _lens_layer(**c, ln="none"),
-            "you used the final layer norm's scale from the cache (ln_final.hook_scale): that is the scale of the *final* residual. "
-            "The logit lens recomputes the norm for the residual it reads (call model.ln_final on it).": lambda **c: _lens_layer(**c, ln="cached"),
-            "you forgot the unembedding bias: add model.b_U after multiplying by W_U.": lambda **c: _lens_layer(**c, bias=False),
-            "you normalised but left out the layer norm's weight and bias (model.ln_final.w, .b); calling model.ln_final does it all.": lambda **c: _lens_layer(**c, weights=False),
-            "off by one layer: layer l reads blocks.{l}.hook_resid_pre, the stream before the layer, not its hook_resid_post.": lambda **c: _lens_layer(**c, post=True),
-        },
+        mistakes=_LENS_MISTAKES,
         hint="decode cache['resid_pre', layer] with model.ln_final, then W_U and b_U: [batch, pos, d_vocab].",
         success="your logit lens matches",
     )
@@ -145,31 +158,41 @@ def _head_logits(model, cache, layer, head, *, scale="cached", centre=True, weig
     return out @ model.W_U + (model.b_U if b_U else 0)
 
 
+def _head_logits_reference(model, cache, layer, head):
+    return lens.component_logits(model, cache, residual.head_outputs(model, cache, layer)[:, -1, head])
+
+
+_HEAD_LOGITS_MISTAKES = {
+    "you applied model.ln_final to the head's output on its own: its scale would come from the head alone. "
+    "Divide by the final residual's scale from the cache (ln_final.hook_scale) instead.": lambda **c: _head_logits(**c, scale="own"),
+    "you forgot the final layer norm's scale: divide the centred output by cache['ln_final.hook_scale'][:, -1].": lambda **c: _head_logits(**c, scale="none"),
+    "you added the unembedding bias b_U: it belongs to no component, so a component's direct logits leave it out.": lambda **c: _head_logits(**c, b_U=True),
+    "you added b_O: that bias belongs to the whole attention layer, not to one head.": lambda **c: _head_logits(**c, b_O=True),
+    "you forgot to centre the head's output (subtract its mean over d_model): the layer norm centres everything it reads.": lambda **c: _head_logits(**c, centre=False),
+    "you left out the final layer norm's weight: multiply by model.ln_final.w before W_U.": lambda **c: _head_logits(**c, weight=False),
+}
+
+
+def _head_logits_case(seed: int) -> dict:
+    task = random_case(seed)
+    gen = task.pop("gen")
+    layer = int(torch.randint(0, task["model"].cfg.n_layers, (1,), generator=gen))
+    head = int(torch.randint(0, task["model"].cfg.n_heads, (1,), generator=gen))
+    return dict(task, layer=layer, head=head)
+
+
 def check_head_logits(learner: Callable, model: HookedTransformer, cache: ActivationCache, layer: int, head: int) -> None:
     """``head_logits(model, cache, layer, head)``: one head's output at the last position, decoded with the frozen final scale."""
-    task = random_case(fresh_seed())
-    gen = task.pop("gen")
-    fresh_layer = int(torch.randint(0, task["model"].cfg.n_layers, (1,), generator=gen))
-    fresh_head = int(torch.randint(0, task["model"].cfg.n_heads, (1,), generator=gen))
-    cases = [dict(model=model, cache=cache, layer=layer, head=head), dict(task, layer=fresh_layer, head=fresh_head)]
-
-    def reference(model, cache, layer, head):
-        return lens.component_logits(model, cache, residual.head_outputs(model, cache, layer)[:, -1, head])
-
+    cases = [
+        dict(model=model, cache=cache, layer=layer, head=head),
+        separating_case(_head_logits_case, _head_logits_reference, _HEAD_LOGITS_MISTAKES.values(), fresh_seed()),
+    ]
     _check(
         "05.3",
         learner,
-        reference,
+        _head_logits_reference,
         cases,
-        mistakes={
-            "you applied model.ln_final to the head's output on its own: its scale would come from the head alone. "
-            "Divide by the final residual's scale from the cache (ln_final.hook_scale) instead.": lambda **c: _head_logits(**c, scale="own"),
-            "you forgot the final layer norm's scale: divide the centred output by cache['ln_final.hook_scale'][:, -1].": lambda **c: _head_logits(**c, scale="none"),
-            "you added the unembedding bias b_U: it belongs to no component, so a component's direct logits leave it out.": lambda **c: _head_logits(**c, b_U=True),
-            "you added b_O: that bias belongs to the whole attention layer, not to one head.": lambda **c: _head_logits(**c, b_O=True),
-            "you forgot to centre the head's output (subtract its mean over d_model): the layer norm centres everything it reads.": lambda **c: _head_logits(**c, centre=False),
-            "you left out the final layer norm's weight: multiply by model.ln_final.w before W_U.": lambda **c: _head_logits(**c, weight=False),
-        },
+        mistakes=_HEAD_LOGITS_MISTAKES,
         hint="head output z[:, -1, head] @ W_O[layer, head], centred, / frozen final scale, * ln_final.w, @ W_U (no biases): [batch, d_vocab].",
         success="your head's direct logits match",
     )

@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_course import probing
-from mi_course.checks.core import CheckFailed, _describe, _plain, call_learner, check_function, check_seeded, fresh_seed, passed
+from mi_course.checks.core import CheckFailed, _describe, _plain, call_learner, check_function, check_seeded, fresh_seed, passed, separating_case
 
 __all__ = [
     "check_control_task",
@@ -212,20 +212,27 @@ def _random_probe_data(seed: int) -> dict:
     return dict(x=x, y=y, control=control, train_idx=train, test_idx=test)
 
 
+_SELECTIVITY_MISTAKES = {
+    "you scored the probes on the rows they were trained on; selectivity compares accuracies on held-out rows (test_idx).": lambda **c: _selectivity_variant(**c, score_on="train"),
+    "score the control probe against the control labels, not the task's labels.": lambda **c: _selectivity_variant(**c, control_target="task"),
+    "you trained both probes on the task's labels: the second probe learns the control labels.": lambda **c: _selectivity_variant(**c, train_control=False),
+    "selectivity is task accuracy minus control accuracy, not the other way round.": lambda **c: _selectivity_variant(**c, sign=-1.0),
+}
+
+
 def check_selectivity(learner: Callable, x, y, control, train_idx, test_idx) -> None:
     """``selectivity(x, y, control, train_idx, test_idx)``: task minus control test accuracy."""
-    cases = [dict(x=x, y=y, control=control, train_idx=train_idx, test_idx=test_idx), _random_probe_data(fresh_seed())]
+    cases = [
+        dict(x=x, y=y, control=control, train_idx=train_idx, test_idx=test_idx),
+        # accuracies are coarse: every mistake at least 0.02 away from the answer (the check allows 0.01)
+        separating_case(_random_probe_data, reference_selectivity, _SELECTIVITY_MISTAKES.values(), fresh_seed(), tol=0.02, tries=20),
+    ]
     check_function(
         "08.4",
         learner,
         reference_selectivity,
         cases,
-        mistakes={
-            "you scored the probes on the rows they were trained on; selectivity compares accuracies on held-out rows (test_idx).": lambda **c: _selectivity_variant(**c, score_on="train"),
-            "score the control probe against the control labels, not the task's labels.": lambda **c: _selectivity_variant(**c, control_target="task"),
-            "you trained both probes on the task's labels: the second probe learns the control labels.": lambda **c: _selectivity_variant(**c, train_control=False),
-            "selectivity is task accuracy minus control accuracy, not the other way round.": lambda **c: _selectivity_variant(**c, sign=-1.0),
-        },
+        mistakes=_SELECTIVITY_MISTAKES,
         hint="train one linear probe on y and one on control (train rows), score each on the test rows against its own labels, subtract.",
         success="your selectivity matches",
         atol=0.01,
