@@ -260,3 +260,16 @@ WRONG = [
 @pytest.mark.parametrize("check, wrong, example, hint", WRONG, ids=lambda x: getattr(x, "__name__", None) if callable(x) else "")
 def test_wrong_answers_pass_in_no_draw(check, wrong, example, hint):
     assert_never_passes(check, wrong, example, hint=hint)
+
+
+@pytest.mark.parametrize(
+    "answers, hint",
+    [
+        ({k: frozenset(v) for k, v in REFERENCE_ANSWERS.items()} | {"A": {1, 2}}, "unknown code(s)"),
+        (dict(REFERENCE_ANSWERS, C=None), "give a set of codes"),
+        ([("A", {"NT"})], "expected a dict"),
+        (dict(REFERENCE_ANSWERS, B=torch.tensor([1])), "give a set of codes"),
+    ],
+)
+def test_classification_odd_answers_get_a_hint(answers, hint):
+    fails_with(nb00.check_classification, answers, hint=hint)

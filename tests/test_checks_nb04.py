@@ -287,3 +287,30 @@ def test_incompleteness(knockout_args):
     fails_with(nb04.check_incompleteness, lambda *a: incompleteness_by_hand(*a, signed=True), *knockout_args, hint="signed difference")
     fails_with(nb04.check_incompleteness, lambda *a: -incompleteness_by_hand(*a, signed=True), *knockout_args, hint="signed difference")
     fails_with(nb04.check_incompleteness, not_implemented, *knockout_args, hint="not implemented")
+
+
+# ---------------------------------------------------------------- every fresh case separates every mistake (by construction)
+
+
+@pytest.mark.parametrize(
+    "draw, reference, mistakes",
+    [
+        (nb04._roc_case, nb04._roc_point, nb04._ROC_MISTAKES),
+        (nb04._minimality_case, nb04._drops, nb04._MINIMALITY_MISTAKES),
+        (lambda gen: nb04._incompleteness_case(gen, 1.0), nb04._gap, dict(list(nb04._INCOMPLETENESS_MISTAKES.items())[:2])),
+        (lambda gen: nb04._faithfulness_case(gen, attn_only=True), circuits.faithfulness, nb04._FAITHFULNESS_MISTAKES),
+    ],
+    ids=["04.4", "04.5", "04.6", "04.2"],
+)
+def test_fresh_cases_separate_every_mistake(draw, reference, mistakes):
+    for seed in range(5 if "faithfulness" not in repr(reference) else 2):
+        case = draw(torch.Generator().manual_seed(seed))
+        assert nb04._distinct([reference(**case)] + [wrong(**case) for wrong in mistakes.values()])
+
+
+def test_faithfulness_normalised_backwards_gets_the_general_hint(model, circuit, tokens):
+    """A wrong answer that no typical mistake reproduces on every case is not told it made one of them."""
+    def backwards(*args):
+        return 1 - faithfulness_by_hand(*args)
+
+    fails_with(nb04.check_faithfulness, backwards, model, circuit, *tokens, logit_diff, hint="patch graph(model).edges − circuit.edges")

@@ -209,3 +209,16 @@ def test_selectivity_fresh_cases_separate_every_mistake():
     for seed in range(3):
         case = nb08.separating_case(nb08._random_probe_data, nb08.reference_selectivity, nb08._SELECTIVITY_MISTAKES.values(), seed, tol=0.02, tries=20)
         assert separates(case, nb08.reference_selectivity, nb08._SELECTIVITY_MISTAKES.values(), tol=0.02)
+
+
+def test_custom_checks_answer_any_return_with_a_hint(example):
+    """08.2 and 08.3 check properties by hand: wrong types still get a hint, never a traceback."""
+    prompts = example["prompts"]
+    fails_with(nb08.check_split_by_prompt, lambda prompt_ids, test_fraction, seed: torch.arange(len(prompt_ids)), prompts, hint="return two index tensors")
+    fails_with(nb08.check_split_by_prompt, lambda prompt_ids, test_fraction, seed: (torch.zeros(3), torch.ones(2)), prompts, hint="of integers")
+    fails_with(nb08.check_split_by_prompt, lambda prompt_ids, test_fraction, seed: ([0, 10**9], [1]), prompts, hint="every row index")
+    fails_with(nb08.check_split_by_prompt, lambda ids, fraction: None, prompts, hint="must take the arguments")
+    args = (example["types"], example["y"])
+    fails_with(nb08.check_control_task, lambda word_types, labels, seed: labels.float(), *args, hint="of integers")
+    fails_with(nb08.check_control_task, lambda word_types, labels, seed: "labels", *args, hint="of integers")
+    fails_with(nb08.check_control_task, lambda word_types, labels, seed: labels[:5], *args, hint="one control label per row")
