@@ -12,7 +12,7 @@ current token sits at key ``q - n`` and the token that followed it at key ``q - 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -195,10 +195,44 @@ def head_scores(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], seq_
     }
 
 
-def find_heads(scores: Float[Tensor, "layer head"], threshold: float) -> list[tuple[int, int]]:
-    """The ``(layer, head)`` pairs whose score exceeds ``threshold``, highest first."""
-    picked = [(float(scores[l, h]), l, h) for l, h in (scores > threshold).nonzero().tolist()]
-    return [(l, h) for _, l, h in sorted(picked, reverse=True)]
+def find_heads(
+    scores: Float[Tensor, "layer head"],
+    threshold: float,
+    *,
+    layers: Iterable[int] | None = None,
+    fallback: str | None = None,
+) -> list[tuple[int, int]]:
+    """The ``(layer, head)`` pairs whose score exceeds ``threshold``, highest first.
+
+    ``layers`` restricts the search to those layers (default: all). With ``fallback`` (the
+    kind of head, e.g. ``"induction"``), a model where no head exceeds the threshold gets its
+    top-scoring head instead, and a printed line says so: analyses that need a head then
+    still run, on a head that does not have the behaviour (a model with random weights, say).
+    """
+    chosen = list(range(scores.shape[0])) if layers is None else sorted(set(layers))
+    allowed = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    allowed[chosen] = True
+    picked = [(float(scores[l, h]), l, h) for l, h in ((scores > threshold) & allowed).nonzero().tolist()]
+    found = [(l, h) for _, l, h in sorted(picked, reverse=True)]
+    if found or fallback is None:
+        return found
+    if not allowed.any():
+        raise ValueError(f"no layer to look for a {fallback} head in (layers={chosen})")
+    best = int(scores.masked_fill(~allowed, float("-inf")).flatten().argmax())
+    layer, head = divmod(best, scores.shape[1])
+    where = "" if layers is None else f" in layer{'s' if len(chosen) > 1 else ''} {_layer_span(chosen)}"
+    print(
+        f"No {fallback} head scores above {threshold}{where} on this model; using the top-scoring one instead, "
+        f"L{layer}H{head} (score {float(scores[layer, head]):.2f}): what follows describes a head without this behaviour."
+    )
+    return [(layer, head)]
+
+
+def _layer_span(layers: list[int]) -> str:
+    """``[1, 2, 3]`` -> ``"1-3"``; anything else as a comma-separated list."""
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ", ".join(map(str, layers))
 
 
 # --- synthetic attention patterns (examples and check inputs) -----------------------------

@@ -130,14 +130,37 @@ class AttentionView:
             # Pick the source here: RenderedHTML would probe the internet at every display.
             self.data["text/html"] = script_safe(rendered.local_src if mode == "inline" else rendered.cdn_src)
 
+    # Above this many heads the static view is a compact grid (GPT-2 small has 144 heads):
+    # small panels without token labels or colour bars, which draw in seconds, not minutes.
+    COMPACT_ABOVE = 12
+    COMPACT_COLUMNS = 12
+
     def _png(self) -> bytes:
         n = len(self.head_names)
+        if n > self.COMPACT_ABOVE:
+            return self._compact_png()
         cols = min(n, 3)
         rows = -(-n // cols)
         fig = Figure(figsize=(4.2 * cols, 3.8 * rows))
         for i, name in enumerate(self.head_names):
             plot_attention(self.patterns[i], self.tokens, name, ax=fig.add_subplot(rows, cols, i + 1))
         fig.tight_layout()
+        return figure_png(fig)
+
+    def _compact_png(self) -> bytes:
+        n = len(self.head_names)
+        cols = min(n, self.COMPACT_COLUMNS)
+        rows = -(-n // cols)
+        fig = Figure(figsize=(1.25 * cols, 1.4 * rows + 0.4), layout="constrained")
+        for i, name in enumerate(self.head_names):
+            ax = fig.add_subplot(rows, cols, i + 1)
+            ax.imshow(self.patterns[i], cmap="Blues", vmin=0.0, vmax=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(name, fontsize=7)
+        fig.suptitle(
+            f"attention patterns on {len(self.tokens)} tokens (rows: queries, columns: keys; 0 white, 1 dark blue)", fontsize=9
+        )
         return figure_png(fig)
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:

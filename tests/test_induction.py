@@ -196,3 +196,18 @@ def test_toy_lm_has_induction_heads_on_its_repeat_words():
     assert previous and found and min(l for l, _ in previous) < max(l for l, _ in found)
     loss = induction.per_token_loss(model, tokens)
     assert loss[:, 12:].mean() < 0.5 * loss[:, 1:10].mean()
+
+
+def test_find_heads_layers_and_fallback(capsys):
+    scores = torch.tensor([[0.1, 0.9], [0.95, 0.2], [0.05, 0.25]])
+    assert induction.find_heads(scores, 0.5, layers=range(1, 3)) == [(1, 0)]
+    assert induction.find_heads(scores, 0.5, fallback="induction") == [(1, 0), (0, 1)]  # found: no fallback
+    assert capsys.readouterr().out == ""
+    assert induction.find_heads(scores, 0.99, layers=[2]) == []  # no fallback asked: nothing found
+    assert induction.find_heads(scores, 0.99, layers=[2], fallback="induction") == [(2, 1)]
+    said = capsys.readouterr().out
+    assert "No induction head scores above 0.99 in layer 2" in said and "L2H1 (score 0.25)" in said
+    assert induction.find_heads(scores, 0.99, fallback="previous-token") == [(1, 0)]
+    assert "L1H0" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no layer"):
+        induction.find_heads(scores, 0.99, layers=range(0), fallback="induction")

@@ -153,3 +153,15 @@ def test_plot_circuit_draws_every_edge_and_marks_differences_from_the_truth():
     assert len(red) == 1  # L0H1 -> L1H0.k is not in the truth
     labels = {t.get_text(): t.get_color() for t in ax.texts}
     assert set(senders(model)) | {"logits"} <= set(labels) and labels["L1H1"] != "black"
+
+
+def test_static_view_of_many_heads_is_a_compact_grid():
+    """GPT-2 small's 144 heads: one small panel each, drawn in seconds, in a PNG of about a megabyte."""
+    n = 144
+    patterns = induction.random_causal_patterns(1, n, 41, seed=0)[0]
+    view = viz.attention_view([f"t{i}" for i in range(41)], patterns, [f"L{i // 12}H{i % 12}" for i in range(n)], mode="static")
+    png = base64.b64decode(view._repr_mimebundle_()["image/png"])
+    assert png.startswith(b"\x89PNG") and len(png) < 2_000_000
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width < 1_500 and height < 1_600  # 12 columns of small panels, not 48 rows of full-size ones
+    assert "L11H11" in view._repr_mimebundle_()["text/plain"]
