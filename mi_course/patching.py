@@ -181,6 +181,7 @@ def _sweep(
     by: tuple[str, ...],
     patches_per_pass: int | None,
     progress: bool,
+    positions: Sequence[int] | None = None,
 ) -> Tensor:
     """The metric of the run on `base_tokens` with, in turn, each index of `by` set to `sources[layer]`.
 
@@ -189,7 +190,8 @@ def _sweep(
     position p cannot change earlier positions (attention is causal), so the run also starts at
     the first patched position, reading the base run's keys and values of the earlier ones.
     Patches that insert the values already there (e.g. positions before the first token where
-    clean and corrupted prompts differ) score the base run's metric without a forward pass.
+    clean and corrupted prompts differ) score the base run's metric without a forward pass, and
+    so do patches at positions outside `positions` (when given).
     """
     if patches_per_pass is not None and (not isinstance(patches_per_pass, int) or patches_per_pass < 1):
         raise ValueError(f"patches_per_pass must be a positive integer or None, got {patches_per_pass!r}.")
@@ -203,6 +205,15 @@ def _sweep(
     with torch.no_grad():
         _, _, shortformer_pos, attention_mask = model.input_to_embed(base_tokens)
     query_axis = "dest_pos" if activation == "pattern" else "pos"  # the positions whose outputs a patch can change
+    allowed = torch.ones(len(grid), dtype=torch.bool)
+    if positions is not None:
+        if query_axis not in by:
+            raise ValueError(f"positions needs a {query_axis!r} axis in by, got by={by!r}.")
+        n_pos = base_tokens.shape[1]
+        wanted = [int(p) for p in positions]
+        if not all(-n_pos <= p < n_pos for p in wanted):
+            raise ValueError(f"positions must be positions of the prompts (-{n_pos} to {n_pos - 1}), got {list(positions)!r}.")
+        allowed = torch.isin(grid[:, by.index(query_axis) - 1], torch.tensor([p % n_pos for p in wanted], dtype=torch.long))
     skip_prefix = query_axis in by and attention_mask is None  # (padding masks would need the prefix re-run)
     first = grid[:, by.index(query_axis) - 1] if skip_prefix else torch.zeros(len(grid), dtype=torch.long)
     order = torch.argsort(first, stable=True)
@@ -214,7 +225,7 @@ def _sweep(
     for layer in range(model.cfg.n_layers):
         changed = (sources[layer] != cache[names[layer]]).any(dim=0)
         touched = (_patch_mask(grid[order], dims, changed.shape)[:, 0].to(changed.device) & changed).flatten(1).any(dim=1)
-        needed = order[touched.cpu()]
+        needed = order[touched.cpu() & allowed[order]]
         chunks += [(layer, needed[i : i + per_pass]) for i in range(0, len(needed), per_pass)]
     for layer, patch_ids in tqdm(chunks, desc=f"patching {activation}", disable=not progress):
         copies, start = len(patch_ids), int(first[patch_ids].min())
@@ -270,6 +281,7 @@ def activation_patching(
     direction: str = "denoising",
     patches_per_pass: int | None = None,
     progress: bool = True,
+    positions: Sequence[int] | None = None,
 ) -> Tensor:
     """The metric after patching each component of `activation`, one at a time: shape `[*by sizes]`.
 
@@ -281,6 +293,10 @@ def activation_patching(
     "pattern", ...). The metric maps logits of one batch of prompts to a scalar; up to
     `patches_per_pass` patches (default: 64 sequences' worth) share one forward pass.
     Same values as ``transformer_lens.patching`` (one forward pass per patch), many times faster.
+
+    `positions` (for a `by` with a position axis, e.g. ``[10, -1]``) patches only at those
+    positions, to save time on a large model; the other entries are not patched and hold the
+    unpatched run's metric (the corrupted value when denoising, the clean one when noising).
     """
     check_tokens(clean_tokens, corrupted_tokens)
     by = _check_by(activation, by)
@@ -288,7 +304,7 @@ def activation_patching(
         raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}.")
     base, source = (corrupted_tokens, clean_tokens) if direction == "denoising" else (clean_tokens, corrupted_tokens)
     sources = _activations(model, source, activation)
-    return _sweep(model, base, sources, metric, activation, by, patches_per_pass, progress)
+    return _sweep(model, base, sources, metric, activation, by, patches_per_pass, progress, positions)
 
 
 def ablation_sweep(
@@ -356,10 +372,11 @@ def _specialise(name: str, activation: str, by: tuple[str, ...], what: str) -> C
         direction: str = "denoising",
         patches_per_pass: int | None = None,
         progress: bool = True,
+        positions: Sequence[int] | None = None,
     ) -> Tensor:
         return activation_patching(
             model, clean_tokens, corrupted_tokens, metric, activation, by,
-            direction=direction, patches_per_pass=patches_per_pass, progress=progress,
+            direction=direction, patches_per_pass=patches_per_pass, progress=progress, positions=positions,
         )  # fmt: skip
 
     patch.__name__ = patch.__qualname__ = name

@@ -106,6 +106,23 @@ def test_batching_does_not_change_results(setup, per_pass):
     torch.testing.assert_close(batched, one_by_one, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("ours", [P.patch_head_out_by_pos, P.patch_resid_pre, P.patch_head_pattern_by_dest], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_positions_patch_only_those_positions(setup, ours, direction):
+    """The swept positions match the full sweep; the others hold the unpatched run's metric."""
+    model, clean, corrupted = setup
+    full = ours(model, clean, corrupted, logit_diff, direction=direction, progress=False)
+    some = ours(model, clean, corrupted, logit_diff, direction=direction, progress=False, positions=[2, -1])
+    axis = 2 if ours is P.patch_head_pattern_by_dest else 1
+    kept = torch.zeros(clean.shape[1], dtype=torch.bool)
+    kept[[2, clean.shape[1] - 1]] = True
+    torch.testing.assert_close(some.index_select(axis, kept.nonzero().flatten()), full.index_select(axis, kept.nonzero().flatten()), atol=ATOL, rtol=0)
+    unpatched = logit_diff(model(corrupted if direction == "denoising" else clean)).item()
+    rest = some.index_select(axis, (~kept).nonzero().flatten())
+    torch.testing.assert_close(rest, torch.full_like(rest, unpatched), atol=ATOL, rtol=0)
+    assert full.index_select(axis, (~kept).nonzero().flatten()).std() > 1e-3  # the positions left out would have differed
+
+
 def test_axis_order_follows_by(setup):
     model, clean, corrupted = setup
     by_pos = P.activation_patching(model, clean, corrupted, logit_diff, "z", ("layer", "pos", "head"), progress=False)
@@ -197,6 +214,10 @@ def test_bad_input_gets_clear_errors(setup):
         P.patch_resid_pre(model, clean.float(), corrupted, logit_diff)
     with pytest.raises(ValueError, match="patches_per_pass"):
         P.patch_resid_pre(model, clean, corrupted, logit_diff, patches_per_pass=0)
+    with pytest.raises(ValueError, match="positions needs a 'pos' axis"):
+        P.patch_head_out(model, clean, corrupted, logit_diff, positions=[1])
+    with pytest.raises(ValueError, match="positions must be positions of the prompts"):
+        P.patch_resid_pre(model, clean, corrupted, logit_diff, positions=[7])
     with pytest.raises(ValueError, match="reference_tokens must have shape"):
         P.ablation_sweep(model, clean, logit_diff, "z", ("layer", "head"), mode="mean", reference_tokens=clean[:, :3])
     attn_only = small_model(attn_only=True)
