@@ -30,8 +30,8 @@ from transformer_lens import HookedTransformer
 from mi_course.circuits import (
     Circuit,
     Edge,
+    PatchedMetric,
     edge_patching_hooks,
-    faithfulness,
     graph,
     run_with_edges_patched,
     sender_outputs,
@@ -271,11 +271,17 @@ def faithfulness_curve(
     *,
     progress: bool = True,
 ) -> dict[int, float]:
-    """Faithfulness (`mi_course.circuits.faithfulness`: clean = 1, corrupted = 0) of the top-n circuit for each n."""
-    return {
-        n: faithfulness(model, circuit_from_scores(scores, n), clean_tokens, corrupted_tokens, metric)
-        for n in tqdm(sizes, desc="faithfulness", disable=not progress)
-    }
+    """Faithfulness (`mi_course.circuits.faithfulness`: clean = 1, corrupted = 0) of the top-n circuit for each n.
+
+    The clean and corrupted runs are shared by all sizes: one patched forward pass per size.
+    """
+    score = PatchedMetric(model, clean_tokens, corrupted_tokens, metric)
+    curve = {}
+    for n in tqdm(sizes, desc="faithfulness", disable=not progress):
+        circuit = circuit_from_scores(scores, n)
+        score.check(circuit)
+        curve[n] = score(score.edges - circuit.edges)  # = faithfulness(model, circuit, ...)
+    return curve
 
 
 def _ranks(x: Float[Tensor, " n"]) -> Float[Tensor, " n"]:

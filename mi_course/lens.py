@@ -86,10 +86,16 @@ def decode(model: HookedTransformer, resid: Float[Tensor, "... d_model"]) -> Flo
 
 @torch.no_grad()
 def logit_lens(
-    model: HookedTransformer, tokens_or_cache: Int[Tensor, "batch pos"] | ActivationCache
-) -> Float[Tensor, "layer_plus_1 batch pos d_vocab"]:
-    """The logit lens at every layer and position; the last entry equals the model's logits."""
-    return decode(model, residual_stack(model, tokens_or_cache))
+    model: HookedTransformer, tokens_or_cache: Int[Tensor, "batch pos"] | ActivationCache, pos: int | None = None
+) -> Float[Tensor, "layer_plus_1 batch pos d_vocab"] | Float[Tensor, "layer_plus_1 batch d_vocab"]:
+    """The logit lens at every layer and position; the last entry equals the model's logits.
+
+    With ``pos`` (e.g. -1), only that position is decoded, and the result has no position
+    dimension: ``[n_layers + 1, batch, d_vocab]``. A large vocabulary (GPT-2's 50,257 tokens)
+    makes every decoded position costly, so decode only the positions you read.
+    """
+    stack = residual_stack(model, tokens_or_cache)
+    return decode(model, stack if pos is None else stack[:, :, pos])
 
 
 def _check_answers(logits: Tensor, answers: Tensor) -> None:
@@ -197,12 +203,29 @@ def _flatten(model: HookedTransformer, stack: Tensor) -> Float[Tensor, "layer_pl
     return stack.reshape(stack.shape[0], -1, stack.shape[-1])
 
 
+_DECODE_BUDGET = 1 << 25  # logits decoded at once by kl_to_final: 128 MiB of float32
+
+
+def _tokens_per_chunk(model: HookedTransformer, n_entries: int, batch_size: int | None) -> int:
+    """``batch_size``, or at most 4096 tokens such that their logits at every entry fit the budget."""
+    if batch_size is not None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+        return batch_size
+    return max(1, min(4096, _DECODE_BUDGET // (n_entries * model.cfg.d_vocab)))
+
+
 @torch.no_grad()
 def kl_to_final(
-    model: HookedTransformer, stack: Float[Tensor, "layer_plus_1 *tokens d_model"], lens: TunedLens | None = None, batch_size: int = 4096
+    model: HookedTransformer, stack: Float[Tensor, "layer_plus_1 *tokens d_model"], lens: TunedLens | None = None, batch_size: int | None = None
 ) -> Float[Tensor, "layer_plus_1"]:
-    """Mean KL(final distribution || lens distribution) at every layer: the logit lens, or ``lens``."""
+    """Mean KL(final distribution || lens distribution) at every layer: the logit lens, or ``lens``.
+
+    Tokens are decoded ``batch_size`` at a time; by default 4096, or fewer when the model's
+    vocabulary is large (GPT-2: about 50), so that the logits of a chunk take at most 128 MiB.
+    """
     flat = _flatten(model, stack)
+    batch_size = _tokens_per_chunk(model, flat.shape[0], batch_size)
     total = torch.zeros(flat.shape[0])
     for start in range(0, flat.shape[1], batch_size):
         chunk = flat[:, start : start + batch_size]
@@ -212,10 +235,10 @@ def kl_to_final(
 
 
 def kl_per_layer(
-    model: HookedTransformer, stack: Float[Tensor, "layer_plus_1 *tokens d_model"], tuned: TunedLens
+    model: HookedTransformer, stack: Float[Tensor, "layer_plus_1 *tokens d_model"], tuned: TunedLens, batch_size: int | None = None
 ) -> dict[str, Float[Tensor, "layer_plus_1"]]:
     """KL to the final distribution per layer for the logit lens and the tuned lens (the last entry is 0)."""
-    return {"logit lens": kl_to_final(model, stack), "tuned lens": kl_to_final(model, stack, tuned)}
+    return {"logit lens": kl_to_final(model, stack, batch_size=batch_size), "tuned lens": kl_to_final(model, stack, tuned, batch_size=batch_size)}
 
 
 def train_tuned_lens(

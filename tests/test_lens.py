@@ -72,6 +72,17 @@ def test_last_entry_is_the_models_logits(fold):
     torch.testing.assert_close(logit_lens(model, toks), lens, atol=ATOL, rtol=0)
 
 
+def test_logit_lens_at_one_position_is_the_full_lens_at_that_position(model):
+    toks = tokens(3, 4)
+    _, cache = model.run_with_cache(toks)
+    full = logit_lens(model, cache)
+    for pos in (-1, 0, 5):
+        at = logit_lens(model, cache, pos=pos)
+        assert at.shape == (3, 3, 50)
+        torch.testing.assert_close(at, full[:, :, pos], atol=ATOL, rtol=0)
+    torch.testing.assert_close(logit_lens(model, toks, pos=-1), full[:, :, -1], atol=ATOL, rtol=0)
+
+
 def test_intermediate_entries_match_hand_decoding(model):
     toks = tokens(3, 2)
     _, cache = model.run_with_cache(toks)
@@ -167,6 +178,30 @@ def test_identity_translator_is_the_logit_lens(model):
     torch.testing.assert_close(lens(stack), stack)
     torch.testing.assert_close(kl_to_final(model, stack, lens), kl_to_final(model, stack))
     assert kl_to_final(model, stack)[-1] == pytest.approx(0, abs=1e-6)
+
+
+def test_kl_does_not_depend_on_the_chunk_size(model):
+    stack = residual_stack(model, tokens(5, 13))  # 60 tokens
+    lens = TunedLens(model.cfg.n_layers, model.cfg.d_model)
+    with torch.no_grad():
+        lens.b.normal_(generator=torch.Generator().manual_seed(0))
+    whole = kl_to_final(model, stack, lens)
+    for batch_size in (1, 7, 60, 1000):
+        torch.testing.assert_close(kl_to_final(model, stack, lens, batch_size=batch_size), whole, atol=1e-5, rtol=1e-5)
+    by_chunks = kl_per_layer(model, stack, lens, batch_size=7)
+    torch.testing.assert_close(by_chunks["tuned lens"], whole, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        kl_to_final(model, stack, batch_size=0)
+
+
+def test_default_chunk_keeps_the_logits_of_a_large_vocabulary_small():
+    from mi_course.lens import _DECODE_BUDGET, _tokens_per_chunk
+
+    gpt2_like = HookedTransformer(HookedTransformerConfig(n_layers=12, d_model=8, n_heads=2, d_head=4, n_ctx=4, d_vocab=50257, attn_only=True))
+    chunk = _tokens_per_chunk(gpt2_like, 13, None)
+    assert 1 <= chunk < 4096 and chunk * 13 * 50257 <= _DECODE_BUDGET
+    assert _tokens_per_chunk(random_model(), 3, None) == 4096  # small vocabularies: chunks as before
+    assert _tokens_per_chunk(gpt2_like, 13, 5) == 5
 
 
 def test_kl_by_hand(model):
