@@ -153,17 +153,19 @@ def test_hook_that_edits_in_place_fails_and_leaves_the_example_alone():
     assert torch.equal(example["z"], EXAMPLE["z"]), "the learner got a copy of the notebook's tensor"
 
 
-@pytest.mark.parametrize(
-    "edit, hint",
-    [
-        (nb00._every_head, "you ablated every head"),
-        (nb00._position_axis, "you indexed axis 1"),
-        (nb00._always_zero, "with mode='mean' you wrote zeros"),
-        (nb00._always_mean, "with mode='zero' you still wrote the mean"),
-        (nb00._mean_over_positions, "you averaged over positions as well"),
-        (nb00._mean_over_d_head, "you averaged over d_head"),
-    ],
-)
+# The hook's typical mistakes, each with the hint it must earn.
+HOOK_MISTAKES = [
+    (nb00._every_head, "you ablated every head"),
+    (nb00._position_axis, "you indexed axis 1"),
+    (nb00._always_zero, "with mode='mean' you wrote zeros"),
+    (nb00._always_mean, "with mode='zero' you still wrote the mean"),
+    (nb00._mean_over_positions, "you averaged over positions as well"),
+    (nb00._mean_over_d_head, "you averaged over d_head"),
+    (nb00._mean_over_heads, "you averaged over the heads"),
+]
+
+
+@pytest.mark.parametrize("edit, hint", HOOK_MISTAKES[:-1])
 def test_hook_mistakes(edit, hint):
     fails_with(nb00.check_ablate_head_hook, wrong_hook(edit), EXAMPLE, hint=hint)
 
@@ -238,15 +240,7 @@ WRONG = [
     (nb00.check_k_composition_scores, nb00._k_composition_one_norm, None, "not only W_OV's"),
     (nb00.check_k_composition_scores, lambda W_V, W_O, W_Q, W_K: nb00._k_composition_unnormalised(W_V, W_O, W_Q, W_K) / (W_Q @ W_K.transpose(-1, -2)).norm(dim=(-2, -1))[None], None, "differ from"),
     (nb00.check_k_composition_scores, lambda W_V, W_O, W_Q, W_K: nb00.k_composition_scores(W_V, W_O, W_Q, W_K).T, None, "shape"),
-    *[(nb00.check_ablate_head_hook, wrong_hook(edit), EXAMPLE, hint) for edit, hint in [
-        (nb00._every_head, "you ablated every head"),
-        (nb00._position_axis, "you indexed axis 1"),
-        (nb00._always_zero, "with mode='mean' you wrote zeros"),
-        (nb00._always_mean, "with mode='zero' you still wrote the mean"),
-        (nb00._mean_over_positions, "you averaged over positions as well"),
-        (nb00._mean_over_d_head, "you averaged over d_head"),
-        (nb00._mean_over_heads, "you averaged over the heads"),
-    ]],
+    *[(nb00.check_ablate_head_hook, wrong_hook(edit), EXAMPLE, hint) for edit, hint in HOOK_MISTAKES],
     (nb00.check_ablate_head_hook, in_place_hook, EXAMPLE, "in place"),
     (nb00.check_ablate_head_hook, _other_head(None), EXAMPLE, "only head `head` changes"),
     (nb00.check_normalised_effect, lambda clean, intervened, baseline: (intervened - clean) / (clean - baseline), EFFECT_EXAMPLE, "wrong sign"),
