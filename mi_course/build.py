@@ -8,7 +8,8 @@ assigns, so the cell still runs and the check below it reports "no answer yet".
 Markdown cells hide answers between ``<!-- BEGIN SOLUTION -->`` and ``<!-- END SOLUTION -->``.
 
 Cell metadata (key ``mi_course``) ties exercises to checks: an exercise cell has
-``{"exercise": "00.1"}``; its check cell ``{"role": "check", "exercise": "00.1", "points": 2}``.
+``{"exercise": "00.1"}``; its check cell ``{"role": "check", "exercise": "00.1", "points": 2,
+"kind": "implement"}``. The kind says what the exercise asks for (``KINDS``).
 """
 
 from __future__ import annotations
@@ -137,12 +138,19 @@ def strip_markdown(source: str) -> str:
     return MD_BLOCK.sub(MD_STUB, source)
 
 
+# What a graded exercise asks of the student: a method to implement end to end, a prediction
+# made before the run that reveals it, an experiment to design (graded by running it), or an
+# interpretation of a result among stated options. "plumbing" marks an exercise still to rework.
+KINDS = ("implement", "predict", "design", "interpret", "plumbing")
+
+
 @dataclass(frozen=True)
 class Exercise:
     id: str
     points: int
     exercise_cell: str  # cell id
     check_cell: str  # cell id
+    kind: str = ""
 
 
 def exercises(nb: nbformat.NotebookNode, name: str) -> list[Exercise]:
@@ -156,9 +164,11 @@ def exercises(nb: nbformat.NotebookNode, name: str) -> list[Exercise]:
             points = meta.get("points")
             if not ex or not isinstance(points, int) or points <= 0:
                 raise BuildError(f"{name}: check cell {cell.id} needs metadata mi_course.exercise and integer points > 0")
+            if meta.get("kind") not in KINDS:
+                raise BuildError(f"{name}: check cell {cell.id} needs metadata mi_course.kind, one of {KINDS}")
             if "check" in found.setdefault(ex, {}):
                 raise BuildError(f"{name}: exercise {ex} has two check cells")
-            found[ex].update(check=cell.id, points=points)
+            found[ex].update(check=cell.id, points=points, kind=meta["kind"])
         elif has_solution:
             ex = meta.get("exercise")
             if not ex:
@@ -171,7 +181,7 @@ def exercises(nb: nbformat.NotebookNode, name: str) -> list[Exercise]:
         if "check" not in parts or "cell" not in parts:
             missing = "check cell" if "check" not in parts else "exercise cell"
             raise BuildError(f"{name}: exercise {ex} has no {missing}")
-        result.append(Exercise(ex, parts["points"], parts["cell"], parts["check"]))
+        result.append(Exercise(ex, parts["points"], parts["cell"], parts["check"], parts["kind"]))
     return result
 
 

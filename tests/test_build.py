@@ -71,7 +71,7 @@ def make_course(root: Path, name: str = "99_demo") -> Path:
         new_markdown_cell(title, id="title"),
         new_code_cell(B.setup_cell_source(root), id="setup"),
         new_code_cell(EXERCISE, id="ex1", metadata={"mi_course": {"exercise": "99.1"}}),
-        new_code_cell("assert double(2) == 4", id="check1", metadata={"mi_course": {"role": "check", "exercise": "99.1", "points": 2}}),
+        new_code_cell("assert double(2) == 4", id="check1", metadata={"mi_course": {"role": "check", "exercise": "99.1", "points": 2, "kind": "implement"}}),
         new_markdown_cell("<!-- BEGIN SOLUTION -->secret<!-- END SOLUTION -->", id="md"),
     ]
     cells[3].outputs = [nbformat.v4.new_output("stream", text="ok\n")]

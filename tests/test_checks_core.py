@@ -279,3 +279,37 @@ def test_a_torch_mode_left_active_by_the_learner_is_reported():
     finally:
         while torch._C._len_torch_function_stack():
             torch._C._pop_torch_function_stack()
+
+
+def test_check_choice_grades_a_sealed_answer_and_never_stores_it_plainly(capsys):
+    from mi_course.checks.core import check_choice, seal_choice
+
+    options = {"A": "one story", "B": "another", "C": "a third"}
+    sealed = seal_choice("9.1", "B", "B is what the control shows.")
+    assert "B is what" not in "".join(sealed) and "B" not in sealed[1]
+    assert check_choice("9.1", " b ", options, sealed) == "B is what the control shows."
+    assert "✓ Exercise 9.1 passed" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match="overlooks the control"):
+        check_choice("9.1", "A", options, sealed, hints={"A": "overlooks the control"})
+    with pytest.raises(CheckFailed, match="which option"):
+        check_choice("9.1", "C", options, sealed)
+    for bad, message in [(None, "no answer yet"), ("D", "unknown option"), (2, "one letter"), ({"B"}, "one letter")]:
+        with pytest.raises(CheckFailed, match=message):
+            check_choice("9.1", bad, options, sealed)
+    # the same answer sealed for another exercise does not open this one
+    with pytest.raises(CheckFailed):
+        check_choice("9.2", "B", options, sealed)
+
+
+def test_check_choice_with_several_options_names_how_many_are_misjudged():
+    from mi_course.checks.core import check_choice, seal_choice
+
+    options = {"A": "x", "B": "y", "C": "z"}
+    sealed = seal_choice("9.3", {"A", "C"}, "A and C.")
+    assert check_choice("9.3", ["c", "A"], options, sealed, several=True) == "A and C."
+    with pytest.raises(CheckFailed, match="1 option.*C holds too"):
+        check_choice("9.3", {"A"}, options, sealed, several=True, hints={"C": "C holds too"})
+    with pytest.raises(CheckFailed, match="3 option"):
+        check_choice("9.3", {"B"}, options, sealed, several=True)
+    with pytest.raises(CheckFailed, match="set of letters"):
+        check_choice("9.3", "AC", options, sealed, several=True)

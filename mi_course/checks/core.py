@@ -25,7 +25,11 @@ What a check guarantees, for every exercise that uses :func:`check_function`:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import inspect
+import itertools
 import random
 import secrets
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +44,7 @@ __all__ = [
     "CheckFailed",
     "EnvironmentChanged",
     "call_learner",
+    "check_choice",
     "check_function",
     "check_value",
     "close",
@@ -692,3 +697,87 @@ def check_value(
         if _plain_close(got, _plain(wrong), atol, rtol):
             raise CheckFailed(exercise, mistake_hint)
     raise CheckFailed(exercise, hint)
+
+
+# Interpretation and prediction questions ---------------------------------------------------
+#
+# A question with stated options keeps its answer sealed, so that reading the package does not
+# give it away: a salt, a digest of the right option(s) and the explanation encrypted with a key
+# made from them. ``seal_choice`` makes the entry (for course authors); ``check_choice`` grades.
+
+
+def _choice_key(exercise: str, salt: str, answer: frozenset[str]) -> bytes:
+    return hashlib.sha256(f"mi-course {exercise}|{salt}|{','.join(sorted(answer))}".encode()).digest()
+
+
+def _keystream(key: bytes, n: int) -> bytes:
+    return b"".join(hashlib.sha256(key + i.to_bytes(4, "big")).digest() for i in range(n // 32 + 1))[:n]
+
+
+def _choice_digest(key: bytes) -> str:
+    return hashlib.sha256(b"answer" + key).hexdigest()[:32]
+
+
+def seal_choice(exercise: str, answer: str | Iterable[str], why: str) -> tuple[str, str, str]:
+    """For course authors: the sealed entry of a question whose right option(s) are ``answer``."""
+    options = frozenset([answer] if isinstance(answer, str) else answer)
+    salt = secrets.token_hex(8)
+    key = _choice_key(exercise, salt, options)
+    data = why.encode()
+    sealed = bytes(a ^ b for a, b in zip(data, _keystream(key, len(data))))
+    return salt, _choice_digest(key), base64.b64encode(sealed).decode()
+
+
+def _unseal(exercise: str, sealed: tuple[str, str, str], answer: frozenset[str]) -> str | None:
+    salt, digest, text = sealed
+    key = _choice_key(exercise, salt, answer)
+    if not hmac.compare_digest(_choice_digest(key), digest):
+        return None
+    data = base64.b64decode(text)
+    return bytes(a ^ b for a, b in zip(data, _keystream(key, len(data)))).decode()
+
+
+def check_choice(
+    exercise: str,
+    got: Any,
+    options: Mapping[str, str],
+    sealed: tuple[str, str, str],
+    *,
+    several: bool = False,
+    hints: Mapping[str, str] = {},
+) -> str:
+    """Grade a choice among stated ``options`` (letter -> statement) against a sealed answer.
+
+    ``got`` is one letter, or with ``several=True`` a set of letters. ``hints`` maps a wrong
+    option (or, with ``several``, a letter that is wrongly in or out) to what it overlooks. On
+    success the sealed explanation is printed and returned.
+    """
+    letters = sorted(options)
+    if got is None or got is Ellipsis:
+        raise CheckFailed(exercise, "no answer yet: fill in the exercise cell above.")
+    if several:
+        if isinstance(got, str) or not isinstance(got, (set, frozenset, list, tuple)):
+            raise CheckFailed(exercise, f"give a set of letters such as {{'{letters[0]}'}} (set() for none), not {got!r}.")
+        given = frozenset(str(g).strip().upper() for g in got)
+    else:
+        if not isinstance(got, str):
+            raise CheckFailed(exercise, f"give one letter as a string, one of {letters}, not {got!r}.")
+        given = frozenset([got.strip().upper()])
+    unknown = sorted(given - set(letters))
+    if unknown:
+        raise CheckFailed(exercise, f"unknown option(s) {unknown}: choose among {letters}.")
+    why = _unseal(exercise, sealed, given)
+    if why is not None:
+        passed(exercise, why)
+        return why
+    if several:
+        for n in range(len(letters) + 1):
+            for combo in map(frozenset, itertools.combinations(letters, n)):
+                if _unseal(exercise, sealed, combo) is not None:
+                    wrong = sorted(given ^ combo)
+                    said = [hints[w] for w in wrong if w in hints]
+                    detail = " ".join(said) if said else "read the options again against the evidence above."
+                    raise CheckFailed(exercise, f"{len(wrong)} option(s) misjudged. {detail}")
+        raise RuntimeError(f"{exercise}: no set of options matches the sealed answer")
+    (letter,) = given
+    raise CheckFailed(exercise, hints.get(letter, "not this one: which option does the evidence above actually support?"))
