@@ -91,7 +91,8 @@ def test_hard_coded_answer_fails_on_fresh_input():
 def test_failure_renders_as_short_hint():
     err = CheckFailed("T.2", "your logit difference has the wrong sign")
     lines = err._render_traceback_()
-    assert len(lines) == 2 and "T.2" in lines[0] and lines[1] == "Hint: your logit difference has the wrong sign"
+    assert len(lines) == 3 and "T.2" in lines[0] and lines[1] == "Hint: your logit difference has the wrong sign"
+    assert "mistake id h" in lines[2]  # a stable id for the class report, dimmed
     assert str(err) == "Exercise T.2: your logit difference has the wrong sign"
 
 
@@ -313,3 +314,26 @@ def test_check_choice_with_several_options_names_how_many_are_misjudged():
         check_choice("9.3", {"B"}, options, sealed, several=True)
     with pytest.raises(CheckFailed, match="set of letters"):
         check_choice("9.3", "AC", options, sealed, several=True)
+
+
+def test_a_failure_carries_a_stable_mistake_id():
+    def reference(x):
+        return x * 2
+
+    def doubles_then_adds_one(x):
+        return x * 2 + 1
+
+    cases = [dict(x=torch.arange(3.0)), dict(x=torch.randn(4))]
+    ids = {}
+    for learner in (doubles_then_adds_one, lambda x: x * 3, lambda x: None):
+        with pytest.raises(CheckFailed) as info:
+            check_function("9.4", learner, reference, cases, mistakes={"adds one after doubling": doubles_then_adds_one})
+        ids[learner] = info.value.mistake
+        assert f"mistake id {info.value.mistake}" in "\n".join(info.value._render_traceback_())
+    assert list(ids.values())[:2] == ["doubles_then_adds_one", "generic"]
+    assert list(ids.values())[2].startswith("h")  # "returns None": a digest of the hint's words
+    with pytest.raises(CheckFailed) as info:
+        check_value("9.5", None, 1.0)
+    assert info.value.mistake == "no-answer"
+    # the digest ignores numbers and spacing, so a hint that quotes a measured figure keeps its id
+    assert CheckFailed("9.6", "off by 0.25 on  case 3").mistake == CheckFailed("9.6", "off by 1e-3 on case 7").mistake

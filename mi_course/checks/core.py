@@ -31,6 +31,7 @@ import hmac
 import inspect
 import itertools
 import random
+import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -115,16 +116,38 @@ _PLAIN_SCALARS = (int, float, bool, complex, str, bytes, type(None))
 _PLAIN_CLASSES: dict[type, Callable[[Any], Any]] = {}
 
 
-class CheckFailed(AssertionError):
-    """A failed exercise check; IPython renders only the hint (``_render_traceback_``)."""
+def mistake_id(hint: str) -> str:
+    """A stable id for a hint without a named mistake: a digest of its words (numbers left out)."""
+    words = re.sub(r"[-+]?\d[\d.e+-]*", "#", " ".join(hint.lower().split()))
+    return "h" + hashlib.sha1(words.encode()).hexdigest()[:8]
 
-    def __init__(self, exercise: str, hint: str):
+
+class CheckFailed(AssertionError):
+    """A failed exercise check; IPython renders only the hint (``_render_traceback_``).
+
+    ``mistake`` is a stable id of what went wrong, for the grader's class report: the name of
+    the typical mistake that reproduced the answer, ``"no-answer"`` for a stub left in,
+    ``"generic"`` for a wrong answer no known mistake explains, else a digest of the hint.
+    """
+
+    def __init__(self, exercise: str, hint: str, mistake: str | None = None):
         self.exercise = exercise
         self.hint = hint
+        self.mistake = mistake or mistake_id(hint)
         super().__init__(f"Exercise {exercise}: {hint}")
 
     def _render_traceback_(self) -> list[str]:
-        return [f"\x1b[31m✗ Exercise {self.exercise} not passed yet.\x1b[0m", f"Hint: {self.hint}"]
+        return [
+            f"\x1b[31m✗ Exercise {self.exercise} not passed yet.\x1b[0m",
+            f"Hint: {self.hint}",
+            f"\x1b[2m(check {self.exercise}, mistake id {self.mistake})\x1b[0m",
+        ]
+
+
+def _named(exercise: str, wrong: Any, hint: str) -> str:
+    """The id of a typical mistake: its function's name, else a digest of its hint."""
+    name = getattr(wrong, "__name__", "")
+    return name.strip("_") if name and name.isidentifier() else mistake_id(hint)
 
 
 class EnvironmentChanged(RuntimeError):
@@ -641,9 +664,10 @@ def check_function(
         return
     for mistake_hint, wrong in mistakes.items():
         if _matches_everywhere(wrong, cases, answers, atol, rtol):
-            raise CheckFailed(exercise, mistake_hint)
+            raise CheckFailed(exercise, mistake_hint, _named(exercise, wrong, mistake_hint))
     i = failing[0]
-    raise CheckFailed(exercise, _what_differs(answers[i], expected[i], i, hint, shape_hint, cases[i]))
+    said = _what_differs(answers[i], expected[i], i, hint, shape_hint, cases[i])
+    raise CheckFailed(exercise, said, "generic" if said.endswith(hint) else None)
 
 
 _COMPATIBLE = {frozenset({"array", "number"}), frozenset({"array", "sequence"})}
@@ -688,7 +712,7 @@ def check_value(
 ) -> None:
     """Compare a value answer with the expected one; ``mistakes`` maps hints to wrong values."""
     if got is None or got is Ellipsis:
-        raise CheckFailed(exercise, "no answer yet: fill in the exercise cell above.")
+        raise CheckFailed(exercise, "no answer yet: fill in the exercise cell above.", "no-answer")
     got = _plain(got)
     if _plain_close(got, _plain(expected), atol, rtol):
         passed(exercise, success)
@@ -696,7 +720,7 @@ def check_value(
     for mistake_hint, wrong in mistakes.items():
         if _plain_close(got, _plain(wrong), atol, rtol):
             raise CheckFailed(exercise, mistake_hint)
-    raise CheckFailed(exercise, hint)
+    raise CheckFailed(exercise, hint, "generic")
 
 
 # Interpretation and prediction questions ---------------------------------------------------
@@ -754,7 +778,7 @@ def check_choice(
     """
     letters = sorted(options)
     if got is None or got is Ellipsis:
-        raise CheckFailed(exercise, "no answer yet: fill in the exercise cell above.")
+        raise CheckFailed(exercise, "no answer yet: fill in the exercise cell above.", "no-answer")
     if several:
         if isinstance(got, str) or not isinstance(got, (set, frozenset, list, tuple)):
             raise CheckFailed(exercise, f"give a set of letters such as {{'{letters[0]}'}} (set() for none), not {got!r}.")
@@ -777,7 +801,9 @@ def check_choice(
                     wrong = sorted(given ^ combo)
                     said = [hints[w] for w in wrong if w in hints]
                     detail = " ".join(said) if said else "read the options again against the evidence above."
-                    raise CheckFailed(exercise, f"{len(wrong)} option(s) misjudged. {detail}")
+                    raise CheckFailed(exercise, f"{len(wrong)} option(s) misjudged. {detail}", "options-" + "".join(wrong))
         raise RuntimeError(f"{exercise}: no set of options matches the sealed answer")
     (letter,) = given
-    raise CheckFailed(exercise, hints.get(letter, "not this one: which option does the evidence above actually support?"))
+    if letter in hints:
+        raise CheckFailed(exercise, hints[letter], f"option-{letter}")
+    raise CheckFailed(exercise, "not this one: which option does the evidence above actually support?", "generic")
