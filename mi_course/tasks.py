@@ -31,7 +31,7 @@ from __future__ import annotations
 import difflib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from jaxtyping import Float, Int
@@ -117,6 +117,31 @@ class Task:
         """The model's logits on the clean (or corrupted) prompts, without gradients."""
         with torch.no_grad():
             return model(self.corrupted_tokens if corrupted else self.clean_tokens)
+
+    def mix(self, role: str, into: str = "clean") -> Int[Tensor, "n pos"]:
+        """The clean (or, with ``into="corrupted"``, the corrupted) prompts with the token at `role` from the other set.
+
+        ``task.mix("S2")`` corrupts only the second mention of the subject; ``task.mix("IO",
+        into="corrupted")`` puts the clean indirect object back into the corrupted prompts.
+        The role's position is taken prompt by prompt (IO and S1 swap places between orders).
+        """
+        if into not in ("clean", "corrupted"):
+            raise ValueError(f"into must be 'clean' or 'corrupted', not {into!r}.")
+        if role not in self.positions:
+            raise ValueError(f"task {self.name!r} has no position {role!r}; its positions are: {', '.join(self.positions)}.")
+        base, other = (self.clean_tokens, self.corrupted_tokens) if into == "clean" else (self.corrupted_tokens, self.clean_tokens)
+        rows, cols = torch.arange(self.n), self.positions[role]
+        mixed = base.clone()
+        mixed[rows, cols] = other[rows, cols]
+        return mixed
+
+    def with_corrupted(self, model: HookedTransformer, corrupted_tokens: Int[Tensor, "n pos"]) -> Task:
+        """The same clean prompts with another corruption; its metric value is measured on `model`."""
+        if not isinstance(corrupted_tokens, Tensor) or corrupted_tokens.shape != self.clean_tokens.shape:
+            got = tuple(corrupted_tokens.shape) if isinstance(corrupted_tokens, Tensor) else type(corrupted_tokens).__name__
+            raise ValueError(f"corrupted_tokens must have the clean prompts' shape {tuple(self.clean_tokens.shape)}, got {got}.")
+        value = _mean_score(model, corrupted_tokens, self._score)
+        return replace(self, corrupted_tokens=corrupted_tokens.clone(), corrupted_value=value)
 
 
 class _Vocab:
@@ -377,7 +402,6 @@ def make_task(
         raise TaskUnavailableError(f"task {name!r} prompts have {clean.shape[1]} tokens, more than the model's n_ctx={model.cfg.n_ctx}.")
     if clean.max() >= model.cfg.d_vocab:
         raise TaskUnavailableError(f"the tokenizer produced ids >= the model's d_vocab={model.cfg.d_vocab}: tokenizer and model do not match.")
-    device = model.cfg.device
     task = Task(
         name=name,
         clean_tokens=clean,
@@ -389,13 +413,13 @@ def make_task(
         info=built["info"],
         _score=built["score"],
     )
-    values = []
-    with torch.no_grad():
-        for tokens in (clean, corrupted):
-            scores = [
-                built["score"](model(tokens[i : i + _CHUNK].to(device)).float().cpu(), slice(i, i + _CHUNK))
-                for i in range(0, n, _CHUNK)
-            ]
-            values.append(torch.cat(scores).mean().item())
-    task.clean_value, task.corrupted_value = values
+    task.clean_value, task.corrupted_value = (_mean_score(model, tokens, built["score"]) for tokens in (clean, corrupted))
     return task
+
+
+def _mean_score(model: HookedTransformer, tokens: Int[Tensor, "n pos"], score: Callable[[Tensor, slice], Tensor]) -> float:
+    """The task's metric on `tokens`, averaged over prompts, in chunks of _CHUNK prompts."""
+    device = model.cfg.device
+    with torch.no_grad():
+        scores = [score(model(tokens[i : i + _CHUNK].to(device)).float().cpu(), slice(i, i + _CHUNK)) for i in range(0, len(tokens), _CHUNK)]
+    return torch.cat(scores).mean().item()

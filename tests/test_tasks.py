@@ -189,3 +189,25 @@ def test_handwired_induction_model_solves_the_induction_task():
     assert task.clean_value > -0.1 and task.corrupted_value < task.clean_value - 1
     with pytest.raises(TaskUnavailableError, match="single tokens"):
         make_task("ioi", model)
+
+
+def test_mix_moves_one_role_prompt_by_prompt_and_with_corrupted_measures_it(toy):
+    task = make_task("ioi", toy, n=12, seed=2)
+    rows = torch.arange(12)
+    for role in ("IO", "S1", "S2"):
+        for into, base, other in (("clean", task.clean_tokens, task.corrupted_tokens), ("corrupted", task.corrupted_tokens, task.clean_tokens)):
+            mixed = task.mix(role, into=into)
+            differs = (mixed != base).nonzero().tolist()
+            assert differs == [[i, int(task.positions[role][i])] for i in range(12)]
+            assert torch.equal(mixed[rows, task.positions[role]], other[rows, task.positions[role]])
+    assert (task.positions["IO"] != task.positions["IO"][0]).any()  # both orders: IO's slot varies
+    only_s2 = task.with_corrupted(toy, task.mix("S2"))
+    assert torch.equal(only_s2.clean_tokens, task.clean_tokens) and only_s2.clean_value == task.clean_value
+    assert only_s2.corrupted_value == pytest.approx(task.metric(_logits(toy, task.mix("S2"))).item(), abs=1e-5)
+    assert only_s2.corrupted_value != pytest.approx(task.corrupted_value, abs=1e-3)
+    with pytest.raises(ValueError, match="no position 'S3'"):
+        task.mix("S3")
+    with pytest.raises(ValueError, match="into must be"):
+        task.mix("S2", into="noisy")
+    with pytest.raises(ValueError, match="shape"):
+        task.with_corrupted(toy, task.clean_tokens[:, :-1])
