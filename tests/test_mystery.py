@@ -1,0 +1,157 @@
+"""The mystery-model family (issue 16): every key's model has the circuit its truth says, with the
+traps it promises (decoys, backup, split), and the course's own tools recover it.
+
+The reference solution (ACDC plus a role analysis by ablation) lives here, in the tests, not in
+the package: in a graded class it would be the exam's answer one call away.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mi_course import mystery
+from mi_course.circuits import Edge, PatchedMetric, acdc
+from mi_course.induction import ablation_hooks, head_scores, repeated_tokens
+
+SEEDS = range(50)
+PATTERN_THRESHOLD = 0.5  # a head "looks like" a role when its pattern score is above this
+
+
+def _heads():
+    return [(l, h) for l in range(mystery.N_LAYERS) for h in range(mystery.N_HEADS)]
+
+
+class Probe:
+    """One model's task and the normalised metric under ablations (1 = clean, 0 = corrupted)."""
+
+    def __init__(self, key: bytes, n: int = 8):
+        self.model = mystery.build(key)
+        self.clean, self.corrupted, self.metric = mystery.task(self.model, n=n)
+        with torch.no_grad():
+            self.c = float(self.metric(self.model(self.clean)))
+            self.k = float(self.metric(self.model(self.corrupted)))
+
+    def kept(self, heads, how: str = "zero") -> float:
+        with torch.no_grad():
+            logits = self.model.run_with_hooks(self.clean, fwd_hooks=ablation_hooks(list(heads), how))
+        return (float(self.metric(logits)) - self.k) / (self.c - self.k)
+
+    def scores(self):
+        tokens = repeated_tokens(self.model, 10, n=8, seed=1)
+        return head_scores(self.model, tokens, 10)
+
+
+@pytest.fixture(scope="module")
+def probes():
+    return {seed: Probe(mystery.public_key(seed)) for seed in SEEDS}
+
+
+def test_models_are_deterministic_and_layouts_vary():
+    a, b = mystery.make(3).state_dict(), mystery.make(3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    layouts = [mystery.layout(mystery.public_key(s)) for s in SEEDS]
+    assert {lay.variant for lay in layouts} == {"plain", "backup", "split"}
+    assert len({(lay.previous, lay.induction) for lay in layouts}) >= 10
+    assert len({tuple(sorted(mystery.ground_truth(s).roles.items())) for s in SEEDS}) >= 40
+
+
+def test_the_rotation_hides_one_hot_structure_but_not_the_function():
+    model = mystery.make(0)
+    # no weight matrix is a plain one-hot map any more
+    assert (model.embed.W_E.abs() > 1e-3).float().mean() > 0.5
+    probe = Probe(mystery.public_key(0))
+    assert probe.c > 9 and abs(probe.k) < 0.5  # copies the letter on clean prompts, not on corrupted ones
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_truth_is_faithful_necessary_and_its_traps_hold(seed, probes):
+    probe, truth, lay = probes[seed], mystery.ground_truth(seed), mystery.layout(mystery.public_key(seed))
+    score = PatchedMetric(probe.model, probe.clean, probe.corrupted, probe.metric)
+    outside = score.edges - truth.circuit.edges
+    assert score(outside) >= 0.95  # faithful
+    pair = set()
+    if lay.backup:
+        pair = {mystery._name(lay.backup), mystery._name(lay.induction[0])}
+    elif len(lay.induction) > 1:
+        pair = {mystery._name(h) for h in lay.induction}
+    for edge in truth.circuit.edges:
+        if edge.sender in pair or edge.receiver.split(".")[0] in pair:
+            continue
+        assert score(outside | {edge}) <= score(outside) - 0.1, f"{edge} is not necessary"
+    # decoys look like their role and do nothing
+    scores = probe.scores()
+    for (layer, head), imitates in lay.decoys.items():
+        name = "previous_token" if imitates == "previous-token" else "induction"
+        assert scores[name][layer, head] > PATTERN_THRESHOLD
+        for how in ("zero", "mean"):
+            assert abs(probe.kept([(layer, head)], how) - 1) <= 0.02
+    if lay.backup:  # self-repair: the backup covers for the induction head
+        assert probe.kept([lay.induction[0]]) >= 0.95
+        assert probe.kept([lay.induction[0], lay.backup]) <= 0.1
+    if len(lay.induction) > 1:  # split: each head carries about half
+        for head in lay.induction:
+            assert 0.3 <= probe.kept([head]) <= 0.7
+        assert probe.kept(lay.induction) <= 0.1
+
+
+def solve(probe: Probe, threshold: float = 0.05):
+    """The reference solution: ACDC for the edges, ablations for the roles and the backup's edges."""
+    found = acdc(probe.model, probe.clean, probe.corrupted, probe.metric, threshold, progress=False).circuit
+    scores = probe.scores()
+    looks = {
+        head: ("previous-token" if scores["previous_token"][head] > PATTERN_THRESHOLD else "induction")
+        for head in _heads()
+        if max(scores["previous_token"][head], scores["induction"][head]) > PATTERN_THRESHOLD
+    }
+    roles = {mystery._name(h): "idle" for h in _heads()}
+    used = {head for head in looks if mystery._name(head) in found.nodes}
+    for head in used:
+        roles[mystery._name(head)] = looks[head]
+    edges = set(found.edges)
+    inductions = [h for h in used if looks[h] == "induction"]
+    previous = [h for h in used if looks[h] == "previous-token"]
+    for head in set(_heads()) - used:
+        # a head ACDC dropped (silent while the induction head works) that covers for it: a backup
+        backs_up = [i for i in inductions if probe.kept([i, head]) < probe.kept([i]) - 0.5]
+        if backs_up:
+            roles[mystery._name(head)] = "backup"
+            b, i, p = mystery._name(head), mystery._name(backs_up[0]), mystery._name(previous[0])
+            edges |= {Edge(p, f"{b}.k"), Edge(i, f"{b}.q"), Edge(b, "logits")}
+            edges |= {Edge("embed", f"{b}.{x}") for x in "qkv"}
+        elif head in looks:  # looks like a role, does nothing
+            roles[mystery._name(head)] = "decoy"
+    return edges, roles
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_reference_solution_recovers_the_truth(seed, probes):
+    edges, roles = solve(probes[seed])
+    truth = mystery.ground_truth(seed)
+    assert edges == set(truth.circuit.edges)
+    assert roles == truth.roles
+
+
+@pytest.mark.parametrize("seed", SEEDS[:10])
+def test_reading_attention_patterns_alone_fails_on_the_decoys(seed, probes):
+    scores, truth = probes[seed].scores(), mystery.ground_truth(seed)
+    by_pattern = {
+        mystery._name(h): "previous-token" if scores["previous_token"][h] > PATTERN_THRESHOLD else "induction"
+        for h in _heads()
+        if max(scores["previous_token"][h], scores["induction"][h]) > PATTERN_THRESHOLD
+    }
+    decoys = [h for h, role in truth.roles.items() if role == "decoy"]
+    assert decoys and all(by_pattern.get(h) != "decoy" for h in decoys)
+    assert sum(by_pattern.get(h) == truth.roles[h] for h in truth.roles) < len(truth.roles)
+
+
+def test_student_keys_need_the_secret():
+    a = mystery.student_key("course secret", "s123")
+    assert a == mystery.student_key("course secret", "  S123 ")  # ids are compared without case or spacing
+    assert a != mystery.student_key("another secret", "s123")
+    assert a != mystery.student_key("course secret", "s124")
+    assert a not in {mystery.public_key(s) for s in range(1000)}
+    with pytest.raises(ValueError, match="secret is empty"):
+        mystery.student_key("", "s123")
+    with pytest.raises(ValueError, match="non-negative integer"):
+        mystery.public_key(-1)
