@@ -31,6 +31,10 @@ PUBLISHED: dict[str, Published] = {
         "induction heads on repeated random tokens", ("L5H1", "L5H5", "L6H9", "L7H2", "L7H10"), "ARENA, induction mosaic"
     ),
     "ioi_name_movers": Published("IOI name movers", ("L9H9", "L10H0", "L9H6"), "Wang et al. 2023"),
+    "ioi_negative_name_movers": Published("IOI negative name movers", ("L10H7", "L11H10"), "Wang et al. 2023"),
+    "ioi_backup_name_movers": Published(
+        "IOI backup name movers", ("L10H10", "L10H6", "L10H2", "L10H1", "L11H2", "L9H7", "L9H0", "L11H9"), "Wang et al. 2023"
+    ),
     "ioi_s_inhibition": Published("IOI S-inhibition heads", ("L7H3", "L7H9", "L8H6", "L8H10"), "Wang et al. 2023"),
     "ioi_induction": Published("IOI induction heads", ("L5H5", "L5H8", "L5H9", "L6H9"), "Wang et al. 2023"),
     "ioi_duplicate_token": Published("IOI duplicate-token heads", ("L0H1", "L0H10", "L3H0"), "Wang et al. 2023"),

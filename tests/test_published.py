@@ -23,3 +23,18 @@ def test_beside_prints_measured_and_published_with_source():
 def test_unknown_figure_names_the_known_ones():
     with pytest.raises(KeyError, match="ioi_logit_diff"):
         beside("ioi_logit_difference", 1.0)
+
+
+def test_ioi_head_classes_match_the_reference_and_do_not_overlap():
+    """Wang et al.'s head classes as in the course's reference (REFERENCE.md), each head in one class."""
+    assert PUBLISHED["ioi_negative_name_movers"].value == ("L10H7", "L11H10")
+    assert PUBLISHED["ioi_backup_name_movers"].value == ("L10H10", "L10H6", "L10H2", "L10H1", "L11H2", "L9H7", "L9H0", "L11H9")
+    classes = [key for key in PUBLISHED if key.startswith("ioi_") and isinstance(PUBLISHED[key].value, tuple)]
+    assert len(classes) == 7 and all(PUBLISHED[key].source == "Wang et al. 2023" for key in classes)
+    heads = [head for key in classes for head in PUBLISHED[key].value]
+    assert len(heads) == len(set(heads)), "a head listed in two IOI classes"
+    for head in heads:  # GPT-2 small has 12 layers of 12 heads
+        layer, index = map(int, head[1:].split("H"))
+        assert 0 <= layer < 12 and 0 <= index < 12, head
+    line = beside("ioi_backup_name_movers", ["L10H10"])
+    assert "measured L10H10" in line and "L11H9 (Wang et al. 2023)" in line
