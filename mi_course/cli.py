@@ -8,12 +8,14 @@ from importlib.util import find_spec
 COMMANDS = {
     "build": "write notebooks/ from solutions/ (--check: fail if stale; --execute: run solutions first)",
     "grade": "grade submitted notebooks under nbval: gradebook.csv and feedback per student",
+    "mystery": "write one capstone mystery model per student of a roster (--roster, --out, --secret-file)",
 }
 # What each command needs from the `instructor` extra; the notebooks need none of it.
 _TOMLI = ("tomli",) if sys.version_info < (3, 11) else ()  # mi_course.build reads pyproject.toml
 TOOLS = {
     "build": ("nbformat", "nbclient", "ipykernel", *_TOMLI),  # --execute runs notebooks in a kernel
     "grade": ("nbformat", "pytest", "nbval", *_TOMLI),
+    "mystery": (),
 }
 
 
@@ -40,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from mi_course.grade import main as grade_main
 
         return grade_main(rest)
+    if command == "mystery":
+        from mi_course.mystery import main as mystery_main
+
+        return mystery_main(rest)
     raise AssertionError(command)  # every name in COMMANDS is handled above
 
 

@@ -1,11 +1,13 @@
 """The course's model zoo: `load_model(name)` and `ground_truth(name)`.
 
-Three models ship inside the package and load offline in well under a second:
+Four kinds of model ship inside the package and load offline in well under a second:
 
 - ``"handwired-induction"``: 2 attention-only layers whose weights are set by hand
   (see `mi_course.handwired`); its exact circuit is known (`ground_truth`).
 - ``"attn-only-2l"``: 2 attention-only layers trained on repeated random tokens.
 - ``"toy-lm"``: a small GPT-style model trained on the course's synthetic English.
+- ``"mystery"``: the capstone's family of hand-set induction models, one per seed
+  (`mi_course.mystery`): ``load_model("mystery", seed=S)``.
 
 ``"gpt2-small"`` is TransformerLens's pretrained GPT-2 small, downloaded from the Hugging
 Face hub when it is reachable (e.g. on Colab) and read from the local Hugging Face cache
@@ -63,8 +65,8 @@ __all__ = [
     "wrap_tokenizer",
 ]
 
-MODEL_NAMES = ("handwired-induction", "attn-only-2l", "toy-lm", "gpt2-small")
-OFFLINE_MODELS = ("handwired-induction", "attn-only-2l", "toy-lm")
+MODEL_NAMES = ("handwired-induction", "attn-only-2l", "toy-lm", "mystery", "gpt2-small")
+OFFLINE_MODELS = ("handwired-induction", "attn-only-2l", "toy-lm", "mystery")
 ZOO = Path(__file__).resolve().parent / "zoo"
 ZOO_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 GPT2_REPO = "gpt2"  # the hub repository of GPT-2 small
@@ -355,10 +357,23 @@ def _with_versions_line(err: Exception) -> Exception:
     return annotated
 
 
-def load_model(name: str, device: str = "cpu") -> HookedTransformer:
-    """A fresh eval-mode HookedTransformer of the zoo, with its tokenizer (BOS prepended)."""
+def load_model(name: str, device: str = "cpu", *, seed: int | None = None) -> HookedTransformer:
+    """A fresh eval-mode HookedTransformer of the zoo, with its tokenizer (BOS prepended).
+
+    ``"mystery"`` is a family (`mi_course.mystery`): give the open ``seed`` of the one you want.
+    """
     _check_name(name)
     dev = _check_device(device)
+    if (seed is not None) != (name == "mystery"):
+        raise ValueError(
+            "load_model('mystery', seed=S) needs the seed of the mystery model you want."
+            if name == "mystery"
+            else f"{name!r} is one model, not a family: call load_model({name!r}) without a seed."
+        )
+    if name == "mystery":
+        from mi_course import mystery
+
+        return mystery.make(seed).to(dev, print_details=False).eval()
     if name == "gpt2-small":
         return _load_gpt2(dev)
     if name == "handwired-induction":
@@ -371,6 +386,11 @@ def load_model(name: str, device: str = "cpu") -> HookedTransformer:
 def ground_truth(name: str) -> Circuit:
     """The exact circuit of a zoo model; only known for the hand-set ``"handwired-induction"``."""
     _check_name(name)
+    if name == "mystery":
+        raise GroundTruthUnknownError(
+            "The mystery models are a family: for an open seed, mi_course.mystery.ground_truth(seed) gives the "
+            "circuit and every head's role. A graded student's truth needs the course secret (the grader has it)."
+        )
     if name != "handwired-induction":
         raise GroundTruthUnknownError(
             f"No ground-truth circuit for {name!r}: only 'handwired-induction' has weights set by hand, "

@@ -24,10 +24,15 @@ produce that student's layout.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import hmac
+import os
 import random
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from jaxtyping import Int
@@ -39,16 +44,24 @@ from mi_course.circuits import Circuit, Edge
 __all__ = [
     "LETTERS",
     "ROLES",
+    "Assignment",
     "Layout",
+    "MysteryFileError",
     "Truth",
     "build",
+    "for_student",
     "ground_truth",
     "layout",
+    "load",
     "make",
     "public_key",
+    "read_roster",
+    "save",
+    "self_study_seed",
     "student_key",
     "task",
     "truth",
+    "write_class",
 ]
 
 ROLES = ("previous-token", "induction", "backup", "decoy", "idle")
@@ -282,3 +295,145 @@ def task(
         return (logits.gather(-1, answers.unsqueeze(-1)).squeeze(-1) - logits.mean(-1)).mean()
 
     return clean, corrupted, metric
+
+
+# --- a class: one model file per student ---------------------------------------------------------
+
+FILE_FORMAT = "mi-course mystery 1"
+SECRET_ENV = "MI_COURSE_SECRET"  # where the instructor's tools look for the course secret
+DIR_ENV = "MI_COURSE_MYSTERY_DIR"  # where a student's notebook looks for their model file
+
+
+class MysteryFileError(RuntimeError):
+    """A mystery model file that is missing, unreadable, or someone else's."""
+
+
+def _student_id(student_id: object) -> str:
+    sid = " ".join(str(student_id).split()).lower()
+    if not sid or sid in {"none", "your-id", "your id"}:
+        raise ValueError(f"set STUDENT_ID to the id your instructor gave you (got {student_id!r}).")
+    return sid
+
+
+def self_study_seed(student_id: str) -> int:
+    """The open seed a student works on when there is no graded model file: public, so self-study
+    can check its answers (``ground_truth``)."""
+    return int.from_bytes(hashlib.sha256(f"mi-course self-study {_student_id(student_id)}".encode()).digest()[:4], "big")
+
+
+def model_file(directory: str | Path, student_id: str) -> Path:
+    slug = re.sub(r"[^a-z0-9._-]+", "_", _student_id(student_id))
+    return Path(directory) / f"mystery-{slug}.safetensors"
+
+
+def save(model: HookedTransformer, path: str | Path, student_id: str) -> Path:
+    """Write a student's model: its weights and whose they are, nothing about its layout."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"format": FILE_FORMAT, "student_id": _student_id(student_id)})
+    return path
+
+
+def load(path: str | Path) -> tuple[HookedTransformer, str]:
+    """A student's model file: the model (eval mode) and the student id it was written for."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MysteryFileError(f"no mystery model file at {path}: ask your instructor for yours, or work on an open seed.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise MysteryFileError(f"{path} is not a readable model file ({err}); download it again from your instructor.") from None
+    if meta.get("format") != FILE_FORMAT:
+        raise MysteryFileError(f"{path} is not a mystery model file of this course (format {meta.get('format')!r}).")
+    model = build(public_key(0))  # the right shapes; every weight is replaced below
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise MysteryFileError(f"{path} does not hold a mystery model's weights ({str(err).splitlines()[0]}).") from None
+    return model.eval(), meta.get("student_id", "")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The model a student investigates: graded (from the instructor's file) or self-study (open seed)."""
+
+    model: HookedTransformer
+    student_id: str
+    graded: bool
+    seed: int | None  # the open seed in self-study; None when graded
+
+    def describe(self) -> str:
+        if self.graded:
+            return f"Graded model of student {self.student_id!r}: its truth is known to the grader only."
+        return (
+            f"No model file for {self.student_id!r}: self-study on the open seed {self.seed} "
+            f"(mystery.ground_truth({self.seed}) holds its answers). In a graded class, put your file in "
+            f"this folder or set {DIR_ENV}."
+        )
+
+
+def for_student(student_id: str, directory: str | Path | None = None) -> Assignment:
+    """The student's graded model if their file is in ``directory`` (default: ``$MI_COURSE_MYSTERY_DIR``
+    or the working folder), else a self-study model on an open seed derived from the id."""
+    sid = _student_id(student_id)
+    path = model_file(directory or os.environ.get(DIR_ENV) or ".", sid)
+    if path.exists():
+        model, owner = load(path)
+        if owner != sid:
+            raise MysteryFileError(f"{path} was written for student {owner!r}, not {sid!r}: use your own file and id.")
+        return Assignment(model, sid, True, None)
+    seed = self_study_seed(sid)
+    return Assignment(make(seed), sid, False, seed)
+
+
+def student_truth(student_id: str, secret: str | None) -> Truth:
+    """What the grader scores a student against: the HMAC truth with the secret, else the self-study seed's."""
+    return truth(student_key(secret, _student_id(student_id))) if secret else ground_truth(self_study_seed(student_id))
+
+
+def read_roster(path: str | Path) -> list[str]:
+    """Student ids from a roster: a CSV with a ``student_id`` column, or one id per line."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    lines = [l for l in text.splitlines() if l.strip()]
+    if lines and "student_id" in [c.strip().lower() for c in next(csv.reader([lines[0]]))]:
+        rows = csv.DictReader(lines)
+        key = next(c for c in rows.fieldnames or [] if c.strip().lower() == "student_id")
+        ids = [row[key] for row in rows]
+    else:
+        ids = lines
+    ids = [_student_id(i) for i in ids]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"the roster lists these ids twice: {dupes}.")
+    return ids
+
+
+def write_class(secret: str, student_ids: Iterable[str], out: str | Path) -> list[Path]:
+    """The instructor's step: one model file per student, each built from HMAC(secret, id)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return [save(build(student_key(secret, sid)), model_file(out, sid), sid) for sid in student_ids]
+
+
+def main(argv: list[str]) -> int:
+    """``mi-course mystery --roster FILE --out DIR [--secret-file FILE]``: write the class's model files."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mi-course mystery", description=main.__doc__)
+    parser.add_argument("--roster", required=True, help="CSV with a student_id column, or one id per line")
+    parser.add_argument("--out", required=True, help="folder for the model files (one per student)")
+    parser.add_argument("--secret-file", help=f"file holding the course secret (default: ${SECRET_ENV})")
+    args = parser.parse_args(argv)
+    secret = Path(args.secret_file).read_text().strip() if args.secret_file else os.environ.get(SECRET_ENV, "")
+    if not secret:
+        parser.error(f"no course secret: pass --secret-file or set {SECRET_ENV} (keep the same secret for grading).")
+    paths = write_class(secret, read_roster(args.roster), args.out)
+    print(f"wrote {len(paths)} mystery model files to {args.out}; hand each student their own file.")
+    return 0

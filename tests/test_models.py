@@ -402,3 +402,17 @@ def test_shipped_folder_copied_elsewhere_still_loads(tmp_path):
     copy = shutil.copytree(ZOO / SHIPPED[0], tmp_path / SHIPPED[0])
     tokens = torch.arange(1, 6)[None]
     assert torch.equal(load_from_directory(copy)(tokens), load_model(SHIPPED[0])(tokens))
+
+
+def test_mystery_models_load_by_seed_and_only_by_seed():
+    from mi_course import mystery
+
+    model = load_model("mystery", seed=5)
+    reference = mystery.make(5)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    with pytest.raises(ValueError, match="needs the seed"):
+        load_model("mystery")
+    with pytest.raises(ValueError, match="not a family"):
+        load_model("toy-lm", seed=1)
+    with pytest.raises(GroundTruthUnknownError, match="mystery.ground_truth"):
+        models.ground_truth("mystery")

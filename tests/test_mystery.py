@@ -155,3 +155,61 @@ def test_student_keys_need_the_secret():
         mystery.student_key("", "s123")
     with pytest.raises(ValueError, match="non-negative integer"):
         mystery.public_key(-1)
+
+
+def test_a_class_gets_one_file_per_student_and_each_loads_as_that_students_model(tmp_path, monkeypatch):
+    from mi_course.cli import main as cli
+
+    roster = tmp_path / "roster.csv"
+    roster.write_text("name,student_id\nAda,s1\nAlan, S2 \n")
+    (tmp_path / "secret").write_text("a long course secret\n")
+    assert cli(["mystery", "--roster", str(roster), "--out", str(tmp_path / "models"), "--secret-file", str(tmp_path / "secret")]) == 0
+    files = sorted(p.name for p in (tmp_path / "models").iterdir())
+    assert files == ["mystery-s1.safetensors", "mystery-s2.safetensors"]
+    # the file of s2 is the model of HMAC(secret, "s2"), and the notebook finds it by id
+    got = mystery.for_student("S2", tmp_path / "models")
+    assert got.graded and got.seed is None and "grader only" in got.describe()
+    want = mystery.build(mystery.student_key("a long course secret", "s2"))
+    assert all(torch.equal(a, b) for a, b in zip(got.model.state_dict().values(), want.state_dict().values()))
+    assert mystery.student_truth("s2", "a long course secret") == mystery.truth(mystery.student_key("a long course secret", "s2"))
+    # someone else's file, renamed, is refused
+    (tmp_path / "models" / "mystery-s1.safetensors").rename(tmp_path / "models" / "mystery-s3.safetensors")
+    with pytest.raises(mystery.MysteryFileError, match="written for student 's1'"):
+        mystery.for_student("s3", tmp_path / "models")
+    # without a secret the command refuses, and says how to give one
+    monkeypatch.delenv(mystery.SECRET_ENV, raising=False)
+    with pytest.raises(SystemExit):
+        cli(["mystery", "--roster", str(roster), "--out", str(tmp_path / "other")])
+
+
+def test_without_a_file_a_student_works_on_an_open_seed(tmp_path):
+    got = mystery.for_student("s9", tmp_path)
+    assert not got.graded and got.seed == mystery.self_study_seed("s9")
+    assert f"ground_truth({got.seed})" in got.describe()
+    assert mystery.student_truth("s9", None) == mystery.ground_truth(got.seed)
+    with pytest.raises(ValueError, match="STUDENT_ID"):
+        mystery.for_student("your-id", tmp_path)
+
+
+def test_bad_model_files_get_clear_errors(tmp_path):
+    with pytest.raises(mystery.MysteryFileError, match="no mystery model file"):
+        mystery.load(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    with pytest.raises(mystery.MysteryFileError, match="not a readable model file"):
+        mystery.load(tmp_path / "junk.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "something else"})
+    with pytest.raises(mystery.MysteryFileError, match="not a mystery model file"):
+        mystery.load(tmp_path / "other.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "wrong.safetensors"), metadata={"format": mystery.FILE_FORMAT})
+    with pytest.raises(mystery.MysteryFileError, match="does not hold a mystery model"):
+        mystery.load(tmp_path / "wrong.safetensors")
+
+
+def test_rosters_one_id_per_line_and_duplicates(tmp_path):
+    (tmp_path / "r.txt").write_text("s1\n\ns2\n")
+    assert mystery.read_roster(tmp_path / "r.txt") == ["s1", "s2"]
+    (tmp_path / "d.txt").write_text("s1\nS1\n")
+    with pytest.raises(ValueError, match="twice"):
+        mystery.read_roster(tmp_path / "d.txt")
