@@ -24,6 +24,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -46,14 +47,18 @@ __all__ = [
     "edge_patching_hooks",
     "faithfulness",
     "greedy_prune",
+    "helper_search",
+    "kl_to_clean",
     "knock_out",
     "knockout",
     "minimality",
     "graph",
     "receiver_node",
+    "run_path_patched",
     "run_with_edges_patched",
     "sender_outputs",
     "senders",
+    "wang_minimality",
 ]
 
 _HEAD = re.compile(r"L(\d+)H(\d+)")
@@ -297,11 +302,13 @@ def _run_patched(
     masks: dict[str, Tensor],
     corrupted_outputs: Float[Tensor, "sender batch pos d_model"],
     start: tuple[int, Tensor, Tensor] | None = None,
+    record: list[Tensor] | None = None,
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """The patched forward pass. `start = (layer, resid_pre, outputs)` begins at block `layer`
     from its residual input, with `outputs` the senders' outputs before it (valid only when no
-    receiver before that block is patched, so that everything before it is unchanged)."""
-    outputs: list[Tensor] = []  # sender outputs of this run, appended as they are computed
+    receiver before that block is patched, so that everything before it is unchanged).
+    `record`, if given, receives the senders' outputs in this run."""
+    outputs: list[Tensor] = [] if record is None else record  # sender outputs of this run, appended as they are computed
     start_layer = 0
     if start is not None:
         start_layer, resid, before = start
@@ -370,6 +377,71 @@ def _run_patched(
         cfg.use_hook_mlp_in = saved
 
 
+def run_path_patched(
+    model: HookedTransformer,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    path: Sequence[Iterable[Edge]],
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """Path patching in the style of Wang et al. (2023): the effect of the corrupted prompt
+    through one path only, every other component frozen at its clean value.
+
+    `path` is a list of stages, each a set of edges: the first stage's senders send their
+    corrupted outputs along its edges only; each later stage sends, from the receivers of the
+    stage before, the outputs they had in that run, along its own edges only. While a stage's
+    receivers are recorded, every edge out of them is frozen to its clean value, so nothing else
+    in the model sees the change. After the last stage the forward pass runs freely (a last stage
+    into the logits makes the whole route explicit).
+
+    Compare `run_with_edges_patched`, ACDC's convention: there a patched edge's effect reaches
+    the logits through every path downstream of its receiver.
+    """
+    check_tokens(clean_tokens, corrupted_tokens)
+    stages = [frozenset(stage) for stage in path]
+    if not stages or not all(stages):
+        raise ValueError("path must be a non-empty list of non-empty sets of edges, e.g. [{Edge('L0H0', 'L1H0.k')}, {Edge('L1H0', 'logits')}].")
+    for i, stage in enumerate(stages):
+        _patch_matrices(model, stage)  # unknown edges raise a clear error
+        sending, receiving = {e.sender for e in stage}, {receiver_node(e.receiver) for e in stage}
+        if sending & receiving:
+            raise ValueError(f"stage {i} of the path both sends from and receives at {sorted(sending & receiving)}; split it into two stages.")
+        if i and not sending <= {receiver_node(e.receiver) for e in stages[i - 1]}:
+            raise ValueError(f"stage {i} sends from {sorted(sending)}, but the stage before it ends at {sorted({receiver_node(e.receiver) for e in stages[i - 1]})}.")
+        if "logits" in receiving and i < len(stages) - 1:
+            raise ValueError("only the last stage of a path can end at the logits.")
+    index = {name: i for i, name in enumerate(senders(model))}
+    edges = graph(model).edges
+    with torch.no_grad():
+        clean_outputs = sender_outputs(model, clean_tokens)
+        values = sender_outputs(model, corrupted_tokens)
+        for stage in stages[:-1]:
+            receiving = sorted({receiver_node(e.receiver) for e in stage})
+            frozen = frozenset(e for e in edges if e.sender in receiving)
+            replacement = values.clone()
+            replacement[[index[n] for n in receiving]] = clean_outputs[[index[n] for n in receiving]]
+            masks = {name: m.to(replacement) for name, m in _patch_matrices(model, stage | frozen).items()}
+            record: list[Tensor] = []
+            _run_patched(model, clean_tokens, masks, replacement, record=record)
+            values = torch.stack(record)
+        return run_with_edges_patched(model, clean_tokens, None, stages[-1], corrupted_outputs=values)
+
+
+def kl_to_clean(
+    model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], positions: int | slice = -1
+) -> Metric:
+    """ACDC's default metric: the KL divergence from the clean model's next-token distribution
+    to the patched model's, at `positions` (default: the last), averaged over prompts and positions.
+    It is 0 on the clean run; normalised (clean 1, corrupted 0) it is 1 − KL / KL(corrupted run)."""
+    with torch.no_grad():
+        clean = model(clean_tokens)[:, positions].log_softmax(-1)
+
+    def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, ""]:
+        patched = logits[:, positions].log_softmax(-1)
+        return (clean.exp() * (clean - patched)).sum(-1).mean()
+
+    return metric
+
+
 class PatchedMetric:
     """The normalised metric (clean model = 1, corrupted model = 0) of the model with a set of
     edges patched: ``score(edges)``. It reuses one corrupted run for every call, and starts each patched run at
@@ -401,6 +473,10 @@ class PatchedMetric:
         unknown = circuit.edges - self.edges
         if unknown:
             raise ValueError(f"the circuit has edges that are not in the model's graph: {sorted(unknown)[:5]}.")
+
+    def normalise(self, value: float) -> float:
+        """A raw metric value on the scale clean = 1, corrupted = 0."""
+        return (float(value) - self.corrupted) / (self.clean - self.corrupted)
 
     def __call__(self, patched: Iterable[Edge]) -> float:
         """Normalised metric with the edges `patched` to corrupted and every other edge clean."""
@@ -448,13 +524,71 @@ def minimality(
 ) -> dict[Edge, float]:
     """For each edge of `circuit`, how much its faithfulness drops when that edge alone is removed.
 
-    A circuit is minimal when every edge matters: no value here is close to 0. (Wang et al.
-    2023 also remove helper sets with the edge; this is the single-edge version.) A negative
-    value means the circuit does better without the edge.
+    This is the leave-one-out test: an edge with a backup (another edge that does the same job)
+    scores about 0 here although the circuit needs one of the two. `wang_minimality` searches
+    for such helper sets, as Wang et al. (2023) define minimality. A negative value means the
+    circuit does better without the edge.
     """
     score = PatchedMetric(model, clean_tokens, corrupted_tokens, metric)
     score.check(circuit)
     return dict(sorted(edge_drops(circuit.edges, score.edges, score).items()))
+
+
+def helper_search(
+    edge: Edge, circuit: frozenset[Edge], edges: frozenset[Edge], score: Score, max_helpers: int = 1
+) -> tuple[frozenset[Edge], float]:
+    """Wang et al.'s minimality test of one edge v of a circuit C: look for a set K of other edges
+    of C such that removing v on top of K changes faithfulness a lot,
+    |F(C \\ K) − F(C \\ (K ∪ {v}))|, where F(C) = score(edges − C).
+
+    Greedy: start from K = ∅ (leave-one-out); at each step add the edge of C \\ {v} that makes the
+    change largest (the first in sorted order on a tie); stop after `max_helpers` edges or when
+    no edge makes it larger. Returns the best K and its change.
+    """
+    circuit, edges = frozenset(circuit), frozenset(edges)
+    if edge not in circuit:
+        raise ValueError(f"{edge!r} is not in the circuit.")
+    outside = edges - circuit
+
+    def change(helpers: frozenset[Edge]) -> float:
+        return abs(score(outside | helpers) - score(outside | helpers | {edge}))
+
+    helpers: frozenset[Edge] = frozenset()
+    best = change(helpers)
+    for _ in range(max_helpers):
+        candidates = sorted(circuit - helpers - {edge})
+        if not candidates:
+            break
+        value, extra = max(((change(helpers | {e}), e) for e in candidates), key=lambda pair: pair[0])
+        if value <= best:
+            break
+        helpers, best = helpers | {extra}, value
+    return helpers, best
+
+
+def wang_minimality(
+    model: HookedTransformer,
+    circuit: Circuit,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    *,
+    max_helpers: int = 1,
+) -> dict[Edge, tuple[frozenset[Edge], float]]:
+    """Minimality as Wang et al. (2023) define it: for each edge, the helper set K found by
+    `helper_search` and the change |F(C \\ K) − F(C \\ (K ∪ {v}))|. An edge is needed when some K
+    makes this large; with `max_helpers=0` it is the leave-one-out test of `minimality`.
+    Each set of patched edges is scored once (the edges share many of them)."""
+    score = PatchedMetric(model, clean_tokens, corrupted_tokens, metric)
+    score.check(circuit)
+    memo: dict[frozenset[Edge], float] = {}
+
+    def cached(patched: frozenset[Edge]) -> float:
+        if patched not in memo:
+            memo[patched] = score(patched)
+        return memo[patched]
+
+    return {edge: helper_search(edge, circuit.edges, score.edges, cached, max_helpers) for edge in sorted(circuit.edges)}
 
 
 def knock_out(nodes: Iterable[str], edges: Iterable[Edge]) -> frozenset[Edge]:
@@ -524,9 +658,15 @@ def greedy_prune(
     threshold: float,
     *,
     skip: Callable[[Edge, frozenset[Edge]], bool] | None = None,
+    rule: Literal["absolute", "one-sided"] = "absolute",
 ) -> tuple[frozenset[Edge], dict[Edge, float]]:
     """The greedy step of ACDC: try removing each edge in turn, and keep it removed when the
     score moves by less than `threshold`.
+
+    `rule="absolute"` removes an edge when |change| < threshold (edges whose removal raises
+    the score a lot are kept); `rule="one-sided"` removes it when the score falls by less than
+    the threshold, and always when it rises (Conmy et al.'s rule, stated for a KL divergence
+    that must not rise by τ).
 
     `score(removed)` scores the model with the edges `removed` patched. Each edge is compared
     with the current score (after the removals so far), not with the full model's. Edges for
@@ -535,6 +675,8 @@ def greedy_prune(
     """
     if threshold < 0:
         raise ValueError(f"threshold must be >= 0, got {threshold}.")
+    if rule not in ("absolute", "one-sided"):
+        raise ValueError(f"rule must be 'absolute' or 'one-sided', got {rule!r}.")
     removed: frozenset[Edge] = frozenset()
     current = score(removed)
     changes: dict[Edge, float] = {}
@@ -544,7 +686,7 @@ def greedy_prune(
             continue
         trial = score(removed | {edge})
         changes[edge] = trial - current
-        if abs(trial - current) < threshold:
+        if (abs(trial - current) if rule == "absolute" else current - trial) < threshold:
             removed, current = removed | {edge}, trial
     return removed, changes
 
@@ -572,9 +714,10 @@ def acdc(
     model: HookedTransformer,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupted_tokens: Int[Tensor, "batch pos"],
-    metric: Metric,
+    metric: Metric | Literal["kl"],
     threshold: float,
     *,
+    rule: Literal["absolute", "one-sided"] = "absolute",
     progress: bool = True,
 ) -> GreedySearch:
     """Find a circuit greedily, in the spirit of ACDC (Conmy et al. 2023).
@@ -585,10 +728,16 @@ def acdc(
     Finally drop the edges out of nodes that have no inputs left: such a node sends its
     corrupted output either way. One forward pass per tested edge.
 
-    The original uses the KL divergence to the clean output as its default metric; any scalar
-    metric works here. Removal uses the absolute change, so edges whose removal raises the
-    metric (negative components) are kept too.
+    `metric="kl"` uses ACDC's default metric, the KL divergence to the clean output at the last
+    position (`kl_to_clean`; pass `kl_to_clean(model, clean_tokens, positions)` for others).
+    `rule` is the removal rule of `greedy_prune`: by default the absolute change, so that edges
+    whose removal raises a task metric (negative components) stay in the circuit; "one-sided"
+    is Conmy et al.'s rule, which with a task metric drops such components.
     """
+    if isinstance(metric, str):
+        if metric != "kl":
+            raise ValueError(f"metric must be a function of the logits or 'kl', got {metric!r}.")
+        metric = kl_to_clean(model, clean_tokens)
     score = PatchedMetric(model, clean_tokens, corrupted_tokens, metric)
     edges = acdc_order(model)
     with tqdm(total=len(edges) + 1, desc="ACDC", unit="edge", disable=not progress) as bar:
@@ -604,7 +753,7 @@ def acdc(
             bar.update(1)
             return True
 
-        removed, changes = greedy_prune(edges, evaluate, threshold, skip=unused)
+        removed, changes = greedy_prune(edges, evaluate, threshold, skip=unused, rule=rule)
     kept = set(score.edges - removed)
     while dangling := {e for e in kept if e.sender != "embed" and not any(receiver_node(k.receiver) == e.sender for k in kept)}:
         kept -= dangling

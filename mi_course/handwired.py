@@ -41,7 +41,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mi_course.circuits import Circuit, Edge
 
-__all__ = ["LETTERS", "build_handwired", "ground_truth"]
+__all__ = ["LETTERS", "backup_truth", "build_backup", "build_handwired", "correct_logit", "ground_truth", "repeated_letters", "unrelated_letters"]
 
 LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 D_VOCAB = 1 + len(LETTERS)  # <bos> + letters
@@ -137,4 +137,80 @@ def ground_truth() -> Circuit:
     # patching them changes nothing: for this task they are fixed context, like a bias.
     # Every other edge is exactly zero in effect: its sender writes a subspace that its
     # receiver does not read (e.g. L0H1 and L1H1 only touch SCRATCH).
+    return Circuit.from_edges(edges)
+
+
+# --- handwired-backup -------------------------------------------------------------------
+
+BACKUP_COPY = 0.6  # L1H0 writes the copied token with logit 6 (0.6 x LOGIT)
+BACKUP_SUPPRESS = 0.3  # L1H1 writes it with logit -3: the correct letter's clean logit is 3
+
+
+def build_backup() -> HookedTransformer:
+    """``handwired-backup``: handwired-induction with a backup head and a negative head.
+
+    - L0H0 and L0H1 are two identical previous-token heads (L0H1 replaces the decoy): each
+      writes the previous token into PREV, so either alone is enough for the induction head's
+      key; knocking one out changes almost nothing, knocking both out breaks induction.
+    - L1H0 is the induction head, writing the copied token with logit 6.
+    - L1H1 (replacing the attention sink) is a *negative* induction head: it attends exactly
+      like L1H0 but writes the copied token with logit -3, so the correct letter's logit is
+      6 - 3 = 3 on the clean prompts. Removing it raises the metric.
+
+    Everything else is as in `build_handwired` (SCRATCH is unused).
+    """
+    model = build_handwired()
+    model.cfg.model_name = "handwired-backup"
+    with torch.no_grad():
+        for attn in (model.blocks[0].attn, model.blocks[1].attn):
+            for name in ("W_Q", "W_K", "W_V", "W_O"):
+                getattr(attn, name)[1] = getattr(attn, name)[0]  # head 1 := a copy of head 0
+        model.blocks[1].attn.W_O[0] *= BACKUP_COPY
+        model.blocks[1].attn.W_O[1] *= -BACKUP_SUPPRESS
+    return model.eval()
+
+
+def repeated_letters(n: int, length: int, seed: int) -> torch.Tensor:
+    """``n`` prompts: ``<bos>``, ``length`` distinct random letters, then the same letters again."""
+    if not 1 <= length <= len(LETTERS):
+        raise ValueError(f"length must be between 1 and {len(LETTERS)}, got {length}.")
+    gen = torch.Generator().manual_seed(seed)
+    first = torch.stack([torch.randperm(len(LETTERS), generator=gen)[:length] + 1 for _ in range(n)])
+    return torch.cat([torch.zeros(n, 1, dtype=torch.long), first, first], dim=1)
+
+
+def unrelated_letters(clean_tokens: torch.Tensor, seed: int) -> torch.Tensor:
+    """A corruption of repeated-letter prompts that carries no letter information: each prompt is
+    ``<bos>`` and distinct random letters that do not occur in its clean prompt, with no repeat.
+    So a corrupted query or key never matches anything, wherever it is patched in."""
+    n, pos = clean_tokens.shape
+    if 3 * (pos - 1) // 2 > len(LETTERS):
+        raise ValueError(f"prompts of {pos} tokens are too long: at most {2 * (len(LETTERS) // 3) + 1} (26 letters for the clean half and the corruption).")
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for prompt in clean_tokens:
+        allowed = torch.arange(1, D_VOCAB)
+        allowed = allowed[~torch.isin(allowed, prompt)]
+        rows.append(torch.cat([torch.zeros(1, dtype=torch.long), allowed[torch.randperm(len(allowed), generator=gen)[: pos - 1]]]))
+    return torch.stack(rows)
+
+
+def correct_logit(clean_tokens: torch.Tensor):
+    """The metric: the mean logit of the correct next letter over the repeat of `clean_tokens`
+    (the positions an induction head can predict). Linear in every head's output."""
+    length = (clean_tokens.shape[1] - 1) // 2
+    targets = clean_tokens[:, length + 2 :]
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, length + 1 : -1].gather(-1, targets[..., None]).mean()
+
+    return metric
+
+
+def backup_truth() -> Circuit:
+    """Every edge of handwired-backup that carries the letters (against `unrelated_letters`): both previous-token heads into both layer-1 keys, and the
+    query, value and output of the induction head and of the negative head."""
+    edges = {Edge("embed", f"L0H{h}.v") for h in (0, 1)}
+    for head in ("L1H0", "L1H1"):
+        edges |= {Edge("L0H0", f"{head}.k"), Edge("L0H1", f"{head}.k"), Edge("embed", f"{head}.q"), Edge("embed", f"{head}.v"), Edge(head, "logits")}
     return Circuit.from_edges(edges)

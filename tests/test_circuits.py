@@ -16,12 +16,16 @@ from mi_course.circuits import (
     faithfulness,
     graph,
     greedy_prune,
+    helper_search,
+    kl_to_clean,
     knock_out,
     minimality,
     receiver_node,
+    run_path_patched,
     run_with_edges_patched,
     sender_outputs,
     senders,
+    wang_minimality,
 )
 from mi_course.models import ground_truth, load_model
 from mi_course.tasks import make_task
@@ -263,6 +267,134 @@ def test_greedy_prune_keeps_edges_whose_removal_raises_the_score():
     assert removed == {edges[1]}
 
 
+def test_one_sided_rule_removes_edges_whose_removal_raises_the_score():
+    """Conmy et al.'s rule: remove when the score falls by less than the threshold, always when it rises."""
+    edges = [Edge("embed", f"L0H{i}.q") for i in range(3)]
+    effect = {edges[0]: +0.5, edges[1]: -0.05, edges[2]: -0.3}
+
+    def score(removed):
+        return 1 + sum(effect[e] for e in removed)
+
+    assert greedy_prune(edges, score, 0.1, rule="absolute")[0] == {edges[1]}
+    assert greedy_prune(edges, score, 0.1, rule="one-sided")[0] == {edges[0], edges[1]}
+    with pytest.raises(ValueError, match="rule"):
+        greedy_prune(edges, score, 0.1, rule="signed")
+
+
+def test_helper_search_finds_the_backup_that_leave_one_out_misses():
+    """Two redundant edges a and b: the score drops only when both are patched. Leave-one-out
+    (no helpers) gives each a change of 0; with the other one as helper, the change is 1."""
+    a, b, c, d = Edge("L0H0", "L1H0.k"), Edge("L0H1", "L1H0.k"), Edge("L1H0", "logits"), Edge("embed", "L0H2.v")
+    edges = frozenset({a, b, c, d})
+
+    def score(patched):
+        return 0.0 if c in patched or {a, b} <= patched else 1.0
+
+    circuit = frozenset({a, b, c})
+    assert helper_search(a, circuit, edges, score, max_helpers=0) == (frozenset(), 0.0)
+    assert helper_search(a, circuit, edges, score) == (frozenset({b}), 1.0)
+    assert helper_search(b, circuit, edges, score) == (frozenset({a}), 1.0)
+    assert helper_search(c, circuit, edges, score) == (frozenset(), 1.0)  # needed alone: no helper improves on it
+    with pytest.raises(ValueError, match="not in the circuit"):
+        helper_search(d, circuit, edges, score)
+
+
+def test_helper_search_is_greedy_and_stops_when_nothing_helps():
+    """Three redundant edges: the drop appears only when all three are gone, so one helper is not
+    enough and the greedy search (which never improves at the first step) stops at K = {}."""
+    e = [Edge("embed", f"L0H{i}.v") for i in range(3)]
+
+    def score(patched):
+        return 0.0 if set(e) <= patched else 1.0
+
+    assert helper_search(e[0], frozenset(e), frozenset(e), score, max_helpers=2) == (frozenset(), 0.0)
+    # With graded redundancy (each missing copy costs a little) the greedy search does get there.
+
+    def graded(patched):
+        return {0: 1.0, 1: 0.9, 2: 0.7, 3: 0.0}[len(set(e) & patched)]
+
+    helpers, change = helper_search(e[0], frozenset(e), frozenset(e), graded, max_helpers=2)
+    assert helpers == {e[1], e[2]} and change == pytest.approx(0.7)
+    assert helper_search(e[0], frozenset(e), frozenset(e), graded, max_helpers=1) == (frozenset({e[1]}), pytest.approx(0.2))
+
+
+def test_path_patching_matches_hand_written_hooks(model, tokens):
+    """Path embed -> L0H1.v -> L1H2.k -> logits, computed independently with TransformerLens hooks:
+    L0H1 reads the corrupted embedding in its value input only; the change of its output reaches
+    only L1H2's key; the change of L1H2's output reaches only the final residual stream."""
+    clean, corrupted = tokens
+    path = [{Edge("embed", "L0H1.v")}, {Edge("L0H1", "L1H2.k")}, {Edge("L1H2", "logits")}]
+    got = run_path_patched(model, clean, corrupted, path)
+
+    _, clean_cache = model.run_with_cache(clean)
+    _, corrupted_cache = model.run_with_cache(corrupted)
+
+    def embed(cache):
+        return cache["hook_embed"] + cache["hook_pos_embed"]
+
+    def head_out(z, layer, head):
+        return z[:, :, head] @ model.blocks[layer].attn.W_O[head]
+
+    def z_with(hook_name, head, delta, layer):
+        """z of `layer` when one head's input at `hook_name` gets `delta` added."""
+        store = {}
+
+        def add(act, hook):
+            act[:, :, head] = act[:, :, head] + delta
+            return act
+
+        def keep(z, hook):
+            store["z"] = z.clone()
+
+        model.cfg.use_split_qkv_input = True
+        try:
+            model.run_with_hooks(clean, fwd_hooks=[(hook_name, add), (f"blocks.{layer}.attn.hook_z", keep)])
+        finally:
+            model.cfg.use_split_qkv_input = False
+        return store["z"]
+
+    z0 = z_with("blocks.0.hook_v_input", 1, embed(corrupted_cache) - embed(clean_cache), 0)
+    delta0 = head_out(z0, 0, 1) - head_out(clean_cache["blocks.0.attn.hook_z"], 0, 1)
+    z1 = z_with("blocks.1.hook_k_input", 2, delta0, 1)
+    delta1 = head_out(z1, 1, 2) - head_out(clean_cache["blocks.1.attn.hook_z"], 1, 2)
+    expected = model.unembed(model.ln_final(clean_cache[f"blocks.{L - 1}.hook_resid_post"] + delta1))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # ACDC's single edge embed -> L0H1.v reaches the logits through every path: a different answer.
+    edge = run_with_edges_patched(model, clean, corrupted, [Edge("embed", "L0H1.v")])
+    assert (edge - got).abs().max() > 1e-3
+
+
+def test_path_patching_of_one_edge_into_the_logits_is_edge_patching(model, tokens):
+    clean, corrupted = tokens
+    edge = Edge("L1H0", "logits")
+    torch.testing.assert_close(run_path_patched(model, clean, corrupted, [{edge}]), run_with_edges_patched(model, clean, corrupted, [edge]))
+
+
+def test_path_patching_explains_bad_paths(model, tokens):
+    clean, corrupted = tokens
+    with pytest.raises(ValueError, match="non-empty"):
+        run_path_patched(model, clean, corrupted, [])
+    with pytest.raises(ValueError, match="stage before it ends at"):
+        run_path_patched(model, clean, corrupted, [{Edge("embed", "L0H0.v")}, {Edge("L0H1", "L1H0.k")}])
+    with pytest.raises(ValueError, match="only the last stage"):
+        run_path_patched(model, clean, corrupted, [{Edge("L1H0", "logits")}, {Edge("L1H0", "logits")}])
+    with pytest.raises(ValueError, match="not an edge"):
+        run_path_patched(model, clean, corrupted, [{Edge("L1H0", "L0H0.q")}])
+
+
+def test_kl_to_clean_is_zero_on_the_clean_run_and_normalises(model, tokens):
+    clean, corrupted = tokens
+    metric = kl_to_clean(model, clean)
+    assert float(metric(model(clean))) == pytest.approx(0.0, abs=1e-6)
+    assert float(metric(model(corrupted))) > 0.01
+    score = PatchedMetric(model, clean, corrupted, metric)
+    assert score(frozenset()) == pytest.approx(1.0, abs=1e-5) and score(score.edges) == pytest.approx(0.0, abs=1e-5)
+    found = acdc(model, clean, corrupted, "kl", threshold=0.05, progress=False)
+    assert found.faithfulness == pytest.approx(faithfulness(model, found.circuit, clean, corrupted, metric), abs=1e-5)
+    with pytest.raises(ValueError, match="'kl'"):
+        acdc(model, clean, corrupted, "KL divergence", threshold=0.05)
+
+
 def test_a_node_without_inputs_sends_its_corrupted_output(model, tokens):
     """Why acdc may drop the edges out of a node whose inputs are all removed: patching them
     changes nothing, since the node already computes its corrupted output."""
@@ -345,3 +477,25 @@ def test_completeness_finds_a_missing_edge(induction):
     assert k.circuit == pytest.approx(faithfulness(model, without, task.clean_tokens, other, task.metric), abs=1e-5)
     with pytest.raises(ValueError, match="not sender nodes"):
         completeness(model, truth, task.clean_tokens, other, task.metric, knockouts=[{"L5H0"}])
+
+
+def test_wang_minimality_keeps_redundant_edges_that_leave_one_out_calls_padding():
+    """handwired-backup: two identical previous-token heads. Leave-one-out gives every edge of
+    either head about 0; Wang's minimality, with the other head's edge as helper, keeps them."""
+    from mi_course.handwired import backup_truth, build_backup, correct_logit, repeated_letters, unrelated_letters
+
+    model = build_backup()
+    clean = repeated_letters(4, 8, seed=0)
+    corrupted = unrelated_letters(clean, seed=1)
+    metric, truth = correct_logit(clean), backup_truth()
+    loo = minimality(model, truth, clean, corrupted, metric)
+    wang = wang_minimality(model, truth, clean, corrupted, metric)
+    redundant = {e for e in truth.edges if "L0H" in e.sender or e.receiver.startswith("L0H")}
+    assert len(redundant) == 6 and all(abs(loo[e]) < 1e-3 for e in redundant)
+    assert all(change > 0.5 for _, change in wang.values())
+    for edge in redundant:
+        helpers, _ = wang[edge]
+        other_head = "L0H1" if "L0H0" in repr(edge) else "L0H0"
+        assert len(helpers) == 1 and other_head in repr(next(iter(helpers)))  # the helper is an edge of the twin head
+    zero = wang_minimality(model, truth, clean, corrupted, metric, max_helpers=0)
+    assert all(zero[e][1] == pytest.approx(abs(loo[e]), abs=1e-6) for e in truth.edges)

@@ -95,3 +95,30 @@ def test_edges_outside_the_circuit_change_nothing(model, task):
     clean, corrupted, _ = task
     outside = graph(model).edges - ground_truth("handwired-induction").edges
     assert torch.allclose(run_with_edges_patched(model, clean, corrupted, outside), model(clean), atol=1e-4)
+
+
+def test_backup_model_has_twin_previous_token_heads_and_a_negative_head():
+    """handwired-backup: L0H1 is a copy of L0H0; L1H1 attends like L1H0 and writes -3 where L1H0 writes +6."""
+    from mi_course.circuits import PatchedMetric, knock_out
+    from mi_course.handwired import backup_truth, build_backup, correct_logit, repeated_letters, unrelated_letters
+
+    backup = build_backup()
+    clean = repeated_letters(4, 8, seed=0)
+    corrupted = unrelated_letters(clean, seed=1)
+    assert backup.cfg.model_name == "handwired-backup"
+    assert not any(torch.isin(c, k[1:]).any() for c, k in zip(corrupted, clean))  # no shared letter
+    assert all(len(set(c[1:].tolist())) == 16 for c in corrupted)  # no repeat
+    metric = correct_logit(clean)
+    assert float(metric(backup(clean))) == pytest.approx(3.0, abs=1e-3) and float(metric(backup(corrupted))) == 0.0
+    _, cache = backup.run_with_cache(clean)
+    pattern0, pattern1 = cache["blocks.0.attn.hook_pattern"][0], cache["blocks.1.attn.hook_pattern"][0]
+    assert torch.equal(pattern0[0], pattern0[1]) and torch.equal(pattern1[0], pattern1[1])
+    score = PatchedMetric(backup, clean, corrupted, metric)
+    edges = score.edges
+    assert score(knock_out({"L0H0"}, edges)) == pytest.approx(1.0, abs=1e-3)  # the twin takes over
+    assert score(knock_out({"L0H0", "L0H1"}, edges)) < 0.2  # both gone: induction is gone
+    assert score(knock_out({"L1H1"}, edges)) == pytest.approx(2.0, abs=1e-3)  # the negative head costs half the logit
+    truth = backup_truth()
+    assert score(edges - truth.edges) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="too long"):
+        unrelated_letters(repeated_letters(2, 10, seed=0), seed=1)
