@@ -35,6 +35,8 @@ from mi_course.build import KEY, Exercise, repo_root
 
 ANSI = re.compile(r"(\x1b|#x1B)\[[0-9;]*m")  # JUnit XML writes the escape character as "#x1B"
 HINT = re.compile(r"Hint: (.*)")
+# The line mi_course.checks.core prints under a hint: the exercise and the mistake's stable id.
+MISTAKE = re.compile(r"\(check (\S+), mistake id ([^\s)]+)\)")
 VERIFY_ROLE = "verify"
 BASELINE_ROLE = "baseline"
 # Text in a failed cell's report -> what happened (a status, once per kind).
@@ -112,6 +114,20 @@ class Options:
     memory_mb: int = 4096
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How one exercise of one submission ended, for the class report (``mi_course.report``).
+
+    ``kind``: ``passed``; ``not-attempted`` (the stub left in); ``mistake`` (a hint the check
+    gave, ``mistake`` its stable id); ``generic`` (a wrong answer no typical mistake explains);
+    ``no-result`` (the check did not run, crashed, or its points were withheld; ``hint`` says why).
+    """
+
+    kind: str
+    mistake: str = ""
+    hint: str = ""
+
+
 @dataclass
 class Result:
     student: str
@@ -122,6 +138,8 @@ class Result:
     flags: list[str] = field(default_factory=list)
     feedback: list[str] = field(default_factory=list)
     log: str = ""
+    stubs: set[str] = field(default_factory=set)  # exercises whose cell is the course's stub, or missing
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
 
 
 def _course_notebook(name: str, nb: nbformat.NotebookNode) -> CourseNotebook:
@@ -272,6 +290,8 @@ def rebuild(nb: nbformat.NotebookNode, cnb: CourseNotebook, course: Course, resu
                 result.feedback.append(f"Exercise {ex.id}: your notebook has no exercise cell for it; graded as not attempted.")
             else:
                 new.source = theirs.source
+            if theirs is None or _code_lines(theirs.source) == _code_lines(cell.source):
+                result.stubs.add(ex.id)
             findings = integrity.scan(new.source, cnb.imported, cnb.protected, cnb.bindings)
             if findings:
                 result.flags.append(f"tampering in exercise {ex.id}: " + "; ".join(findings))
@@ -292,6 +312,11 @@ def rebuild(nb: nbformat.NotebookNode, cnb: CourseNotebook, course: Course, resu
         else:
             out.cells.append(new)
     return out, tampered_from
+
+
+def _code_lines(source: str) -> list[str]:
+    """The non-blank lines of a cell, without trailing spaces (to tell a stub left in from an attempt)."""
+    return [line.rstrip() for line in source.splitlines() if line.strip()]
 
 
 def _baseline_cell(course: Course) -> nbformat.NotebookNode:
@@ -498,9 +523,11 @@ def score(result: Result, run: nbformat.NotebookNode, cnb: CourseNotebook, cells
         passed = res.outcome == "passed" and f"Exercise {ex.id} passed" in res.stdout
         if n >= first_tampered:
             result.feedback.append(f"Exercise {ex.id}: 0/{ex.points}, withheld: the grading code was tampered with at or before this exercise.")
+            result.outcomes[ex.id] = Outcome("no-result", "withheld", "points withheld: tampering at or before this exercise")
         elif passed:
             result.points[ex.id] = ex.points
             result.feedback.append(f"Exercise {ex.id}: passed ({ex.points}/{ex.points}).")
+            result.outcomes[ex.id] = Outcome("passed")
         else:
             hint = HINT.search(res.message)
             if res.outcome == "passed":
@@ -510,8 +537,31 @@ def score(result: Result, run: nbformat.NotebookNode, cnb: CourseNotebook, cells
             else:
                 why = "the check did not run (an earlier cell timed out or the kernel died)."
             result.feedback.append(f"Exercise {ex.id}: 0/{ex.points}. {why}")
+            result.outcomes[ex.id] = _outcome(ex.id, res, hint[1].strip() if hint and res.outcome == "failed" else None, event or why)
+        if ex.id in result.stubs and result.outcomes[ex.id].kind != "passed":
+            result.outcomes[ex.id] = Outcome("not-attempted", "no-answer", "the stub was left in")
         if meta.get("claimed") and not passed:
             result.flags.append(f"the submitted outputs claim exercise {ex.id} passed, but it failed when re-run")
+
+
+def _outcome(exercise: str, res: CellResult, hint: str | None, why: str) -> Outcome:
+    """What a failed check said: its hint and the mistake id printed under it (else a digest of the hint)."""
+    if hint is None:
+        if res.outcome != "failed":
+            reason = "no-success-line" if res.outcome == "passed" else "not-run"
+        else:
+            reason = "timeout" if why == EVENTS["Timeout of"] else "crash" if why in EVENTS.values() else "error"
+        return Outcome("no-result", reason, why)
+    marked = [m[2] for m in MISTAKE.finditer(res.message) if m[1] == exercise]
+    if marked:
+        mistake = marked[-1]
+    else:  # a course whose checks predate mistake ids
+        from mi_course.checks.core import mistake_id
+
+        mistake = mistake_id(hint)
+    if mistake == "no-answer" or hint.startswith("not implemented yet"):
+        return Outcome("not-attempted", "no-answer", hint)
+    return Outcome("generic" if mistake == "generic" else "mistake", mistake, hint)
 
 
 def write_outputs(results: list[Result], course: Course, out: Path) -> Path:
@@ -557,8 +607,11 @@ def write_outputs(results: list[Result], course: Course, out: Path) -> Path:
     return gradebook
 
 
-def grade(submissions: Path, out: Path, course: Course, options: Options, jobs: int = 1, progress: bool = True) -> list[Result]:
-    """Grade every notebook under ``submissions``, ``jobs`` at a time, and write the outputs to ``out``."""
+def grade(
+    submissions: Path, out: Path, course: Course, options: Options, jobs: int = 1, progress: bool = True, report: bool = True
+) -> list[Result]:
+    """Grade every notebook under ``submissions``, ``jobs`` at a time, and write the outputs to ``out``
+    (with ``report``, also the class report: ``mi_course.report``)."""
     from tqdm.auto import tqdm  # a widget in Jupyter, a text bar in a terminal
 
     found, results = find_submissions(submissions)
@@ -576,6 +629,10 @@ def grade(submissions: Path, out: Path, course: Course, options: Options, jobs: 
                     "no result of this run can be trusted: restore the files and grade in an isolated copy"
                 )
     write_outputs(results, course, out)
+    if report:
+        from mi_course.report import write_report
+
+        write_report(results, course, out)
     return results
 
 
@@ -585,7 +642,7 @@ def main(argv: list[str]) -> int:
         description="Re-run students' notebooks under nbval and write a gradebook and feedback per student (docs/grading.md).",
     )
     parser.add_argument("submissions", type=Path, help="folder of .ipynb files, or of one folder per student")
-    parser.add_argument("--out", type=Path, default=Path("grades"), metavar="DIR", help="where gradebook.csv, feedback/ and logs/ go (default: ./grades)")
+    parser.add_argument("--out", type=Path, default=Path("grades"), metavar="DIR", help="where gradebook.csv, feedback/, logs/ and the class report go (default: ./grades)")
     parser.add_argument("--timeout-cell", type=float, default=Options.timeout_cell, metavar="S", help="seconds per cell (default %(default)g)")
     parser.add_argument("--timeout-notebook", type=float, default=Options.timeout_notebook, metavar="S", help="seconds per notebook (default %(default)g)")
     parser.add_argument("--memory", type=int, default=Options.memory_mb, metavar="MB", help="address-space cap per submission (default %(default)d)")
@@ -603,4 +660,5 @@ def main(argv: list[str]) -> int:
         return 2
     problems = [r for r in results if r.status != ["ok"] or r.flags]
     print(f"graded {len(results)} submissions ({len(problems)} with a status or flag to read): {args.out / 'gradebook.csv'}")
+    print(f"class report: {args.out / 'class_report.html'} (and class_report.md, exercise_stats.csv, mistakes.csv)")
     return 0
