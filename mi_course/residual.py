@@ -29,6 +29,7 @@ __all__ = [
     "at_pos",
     "decompose_resid",
     "direct_logit_attribution",
+    "direct_path_hooks",
     "head_dla",
     "head_outputs",
     "layer_components",
@@ -215,6 +216,24 @@ def remove_part_hook(part: Float[Tensor, "batch d_model"], pos: int = -1) -> Cal
         return resid
 
     return hook
+
+
+def direct_path_hooks(
+    model: HookedTransformer, cache: ActivationCache, layer: int, head: int, pos: int = -1
+) -> list[tuple[str, Callable[..., Tensor]]]:
+    """Hooks that mean-ablate one head on its direct path to the logits only.
+
+    In the final residual stream, after every later layer has read the clean value, the head's
+    output at ``pos`` is replaced by its mean over the batch, and the final layer norm's scale
+    is frozen at its cached value. The logit difference then changes by the head's DLA minus
+    the DLA of its mean output: its direct effect, against the same baseline as mean-ablating
+    its ``hook_z`` (its total effect, with every later layer and the scale recomputed).
+    """
+    out = head_outputs(model, cache, layer)[:, pos, head]
+    scale = cache["ln_final.hook_scale"]
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    freeze = lambda activation, hook=None: scale.clone()  # noqa: E731
+    return [(last, remove_part_hook(out - out.mean(0, keepdim=True), pos)), ("ln_final.hook_scale", freeze)]
 
 
 def top_components(

@@ -7,7 +7,7 @@ import torch
 
 from mi_course.checks import nb00
 from mi_course.checks.core import CheckFailed
-from mi_course.patching import ablate_head_hook, normalised_effect
+
 
 
 def fails_with(check, *args, hint: str) -> None:
@@ -60,200 +60,237 @@ def test_classification_input_errors():
     fails_with(nb00.check_classification, {"A": {"NT"}}, hint="B, C, D, E, F, G missing")
     fails_with(nb00.check_classification, dict(REFERENCE_ANSWERS, G="BC"), hint="study G: give a set of codes")
     fails_with(nb00.check_classification, dict(REFERENCE_ANSWERS, A={"MI"}), hint="unknown code(s) ['MI']")
+# ---------------------------------------------------------------- 00.2 baseline prompts (design)
+
+import mi_course  # noqa: E402
+from mi_course.tasks import make_task  # noqa: E402
+
+LETTERS = torch.arange(1, 27)
 
 
-# ---------------------------------------------------------------- 00.2
+def clean_prompts(n=6, length=10, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        first = LETTERS[torch.randperm(26, generator=g)[:length]]
+        rows.append(torch.cat([torch.zeros(1, dtype=torch.long), first, first[:-1]]))
+    return torch.stack(rows)
 
 
-def composition_by_loops(W_V, W_O, W_Q, W_K):
-    """A correct, differently written implementation: explicit loops over head pairs."""
-    scores = torch.zeros(W_V.shape[0], W_Q.shape[0])
-    for i in range(W_V.shape[0]):
-        ov = W_V[i] @ W_O[i]
-        for j in range(W_Q.shape[0]):
-            qk = W_Q[j] @ W_K[j].T
-            scores[i, j] = torch.linalg.matrix_norm(ov @ qk.T) / (torch.linalg.matrix_norm(ov) * torch.linalg.matrix_norm(qk))
-    return scores
+def baseline_reference(clean_tokens, letters):
+    gen = torch.Generator().manual_seed(0)
+    half = clean_tokens.shape[1] // 2
+    out = clean_tokens.clone()
+    for row in out:
+        unused = letters[~torch.isin(letters, row[1 : half + 1])]
+        row[1 : half + 1] = unused[torch.randperm(len(unused), generator=gen)[:half]]
+    return out
 
 
-def test_composition_reference_and_alternative_pass():
-    nb00.check_k_composition_scores(nb00.k_composition_scores)
-    nb00.check_k_composition_scores(composition_by_loops)
+def baseline_by_sets(clean_tokens, letters):
+    """Correct, differently written: the unused letters in increasing order, a list built per prompt."""
+    half = clean_tokens.shape[1] // 2
+    rows = []
+    for row in clean_tokens.tolist():
+        unused = [t for t in letters.tolist() if t not in row[1 : half + 1]][:half]
+        rows.append([row[0], *unused, *row[half + 1 :]])
+    return torch.tensor(rows)
 
 
-def test_composition_matches_transformer_lens():
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, n_heads=3, d_vocab=10, attn_only=True, act_fn=None)
-    model = HookedTransformer(cfg)
-    ours = nb00.k_composition_scores(model.W_V[0], model.W_O[0], model.W_Q[1], model.W_K[1])
-    assert torch.allclose(ours, model.all_composition_scores("K")[0, :, 1, :], atol=1e-5)
+def baseline_permuted(clean_tokens, letters):
+    half = clean_tokens.shape[1] // 2
+    out = clean_tokens.clone()
+    out[:, 1 : half + 1] = out[:, 1 : half + 1].flip(-1)
+    return out
 
 
-def test_composition_mistakes():
-    fails_with(nb00.check_k_composition_scores, nb00._q_composition, hint="that is the Q-composition score")
-    fails_with(nb00.check_k_composition_scores, nb00._k_composition_unnormalised, hint="the score is not normalised")
-    fails_with(
-        nb00.check_k_composition_scores,
-        lambda W_V, W_O, W_Q, W_K: nb00.k_composition_scores(W_V, W_O, W_Q, W_K).T,
-        hint="your result has shape (3, 2), expected (2, 3)",
-    )
+def baseline_any_letters(clean_tokens, letters):
+    """Random distinct letters, drawn without regard to the clean prompt: they overlap it (10 of 26 letters)."""
+    gen = torch.Generator().manual_seed(1)
+    half = clean_tokens.shape[1] // 2
+    out = clean_tokens.clone()
+    for row in out:
+        row[1 : half + 1] = letters[torch.randperm(len(letters), generator=gen)[:half]]
+    return out
 
 
-# ---------------------------------------------------------------- 00.3
-
-EXAMPLE = dict(z=torch.arange(2 * 3 * 2 * 2, dtype=torch.float).reshape(2, 3, 2, 2), head=1, mode="mean")
-
-
-def masked_hook(head, mode="mean"):
-    """A correct, differently written implementation: mask arithmetic on a new tensor."""
-
-    def hook_fn(activation, hook):
-        keep = torch.ones(activation.shape[2])
-        keep[head] = 0.0
-        keep = keep[None, None, :, None]
-        replacement = torch.zeros_like(activation) if mode == "zero" else activation.mean(0, keepdim=True).expand_as(activation)
-        return activation * keep + (1 - keep) * replacement
-
-    return hook_fn
+def baseline_fixed_letters(clean_tokens, letters):
+    """The same fresh letters for every prompt: they overlap some prompts' letters."""
+    half = clean_tokens.shape[1] // 2
+    out = clean_tokens.clone()
+    out[:, 1 : half + 1] = letters[-half:]
+    return out
 
 
-def in_place_hook(head, mode="mean"):
-    """Right values, but edits the activation in place: the exercise asks for a copy."""
-
-    def hook_fn(activation, hook):
-        activation[:, :, head] = 0.0 if mode == "zero" else activation[:, :, head].mean(0, keepdim=True)
-        return activation
-
-    return hook_fn
+def baseline_whole_prompt(clean_tokens, letters):
+    """Fresh letters everywhere after <bos>: the repeat (what the metric scores) changes too."""
+    out = baseline_reference(clean_tokens, letters)
+    half = clean_tokens.shape[1] // 2
+    out[:, half + 1 :] = out[:, 1:half]
+    return out
 
 
-def wrong_hook(edit):
-    def factory(head, mode="mean"):
-        def hook_fn(activation, hook):
-            out = activation.clone()
-            edit(out, activation, head, mode)
-            return out
-
-        return hook_fn
-
-    return factory
+def baseline_bos_changed(clean_tokens, letters):
+    out = baseline_reference(clean_tokens, letters)
+    out[:, 0] = letters[0]
+    return out
 
 
-def test_hook_reference_and_alternative_pass(capsys):
-    nb00.check_ablate_head_hook(ablate_head_hook, EXAMPLE)
-    nb00.check_ablate_head_hook(masked_hook, EXAMPLE)
-    assert capsys.readouterr().out.count("✓ Exercise 00.3 passed") == 2
+def baseline_repeated_letter(clean_tokens, letters):
+    out = baseline_reference(clean_tokens, letters)
+    out[:, 2] = out[:, 1]
+    return out
 
 
-def test_hook_that_edits_in_place_fails_and_leaves_the_example_alone():
-    example = dict(z=EXAMPLE["z"].clone(), head=1, mode="mean")
-    fails_with(nb00.check_ablate_head_hook, in_place_hook, example, hint="edits the activation it receives in place")
-    assert torch.equal(example["z"], EXAMPLE["z"]), "the learner got a copy of the notebook's tensor"
-
-
-# The hook's typical mistakes, each with the hint it must earn.
-HOOK_MISTAKES = [
-    (nb00._every_head, "you ablated every head"),
-    (nb00._position_axis, "you indexed axis 1"),
-    (nb00._always_zero, "with mode='mean' you wrote zeros"),
-    (nb00._always_mean, "with mode='zero' you still wrote the mean"),
-    (nb00._mean_over_positions, "you averaged over positions as well"),
-    (nb00._mean_over_d_head, "you averaged over d_head"),
-    (nb00._mean_over_heads, "you averaged over the heads"),
-]
-
-
-@pytest.mark.parametrize("edit, hint", HOOK_MISTAKES[:-1])
-def test_hook_mistakes(edit, hint):
-    fails_with(nb00.check_ablate_head_hook, wrong_hook(edit), EXAMPLE, hint=hint)
-
-
-def test_hook_forgetting_return_or_factory():
-    def no_return(head, mode="mean"):
-        def hook_fn(activation, hook):
-            activation = activation.clone()
-            activation[:, :, head] = 0.0
-
-        return hook_fn
-
-    fails_with(nb00.check_ablate_head_hook, no_return, EXAMPLE, hint="your hook function returns None")
-
-    def not_a_factory(head, mode="mean"):
-        return torch.zeros(1)
-
-    fails_with(nb00.check_ablate_head_hook, not_a_factory, EXAMPLE, hint="must return a hook function")
-
-
-def test_hook_stub_says_not_implemented():
-    def stub(head, mode="mean"):
-        raise NotImplementedError("hint")
-
-    fails_with(nb00.check_ablate_head_hook, stub, EXAMPLE, hint="not implemented yet")
-
-
-# ---------------------------------------------------------------- 00.4
-
-EFFECT_EXAMPLE = dict(clean=0.2, intervened=3.0, baseline=4.0)
-
-
-def test_effect_reference_and_alternative_pass():
-    nb00.check_normalised_effect(normalised_effect, EFFECT_EXAMPLE)
-    nb00.check_normalised_effect(lambda clean, intervened, baseline: 1 - (intervened - baseline) / (clean - baseline), EFFECT_EXAMPLE)
+def test_baseline_reference_and_alternative_pass(capsys):
+    nb00.check_baseline_prompts(baseline_reference, clean_prompts(), LETTERS)
+    nb00.check_baseline_prompts(baseline_by_sets, clean_prompts(), LETTERS)
+    assert capsys.readouterr().out.count("✓ Exercise 00.2 passed") == 2
 
 
 @pytest.mark.parametrize(
     "wrong, hint",
     [
-        (lambda clean, intervened, baseline: (intervened - clean) / (clean - baseline), "wrong sign"),
-        (lambda clean, intervened, baseline: clean - intervened, "you did not normalise"),
-        (lambda clean, intervened, baseline: (intervened - baseline) / (clean - baseline), "fraction of the behaviour that survives"),
-        (lambda clean, intervened, baseline: (clean - intervened) / clean, "you divided by the clean value"),
+        (baseline_permuted, "reuses the clean prompt's letters in another order"),
+        (baseline_any_letters, "also occur in the clean prompt's first half"),
+        (baseline_whole_prompt, "you changed the second half"),
+        (baseline_bos_changed, "keep the first token"),
+        (baseline_repeated_letter, "distinct letters"),
+        (lambda clean_tokens, letters: clean_tokens.float(), "integer tensor of the same shape"),
+        (lambda clean_tokens, letters: baseline_reference(clean_tokens, letters)[:, 1:], "integer tensor of the same shape"),
+        (lambda clean_tokens, letters: None, "integer tensor of the same shape"),
     ],
 )
-def test_effect_mistakes(wrong, hint):
-    fails_with(nb00.check_normalised_effect, wrong, EFFECT_EXAMPLE, hint=hint)
+def test_baseline_mistakes(wrong, hint):
+    fails_with(nb00.check_baseline_prompts, wrong, clean_prompts(), LETTERS, hint=hint)
+
+
+def test_baseline_leaves_the_notebook_prompts_alone():
+    clean = clean_prompts()
+    before = clean.clone()
+
+    def in_place(clean_tokens, letters):
+        clean_tokens[:, 1] = 0
+        return baseline_reference(clean_tokens, letters)
+
+    with pytest.raises(CheckFailed):
+        nb00.check_baseline_prompts(in_place, clean, LETTERS)
+    assert torch.equal(clean, before)
+
+
+@pytest.fixture(scope="module")
+def handwired():
+    model = mi_course.load_model("handwired-induction")
+    return model, make_task("induction", model, n=16, seed=0)
+
+
+def test_baseline_reports_the_model_metric(handwired, capsys):
+    model, task = handwired
+    nb00.check_baseline_prompts(baseline_reference, task.clean_tokens, LETTERS, metric=task.metric, model=model)
+    assert "on your baseline prompts -3." in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- 00.3 normalised metric
+
+NORMALISED_EXAMPLE = dict(clean=-0.001, intervened=-3.0, baseline=-3.7)
+
+
+def test_normalised_reference_and_alternative_pass(capsys):
+    nb00.check_normalised(nb00.normalised, NORMALISED_EXAMPLE)
+    nb00.check_normalised(lambda clean, intervened, baseline: 1 - (clean - intervened) / (clean - baseline), NORMALISED_EXAMPLE)
+    assert capsys.readouterr().out.count("✓ Exercise 00.3 passed") == 2
+
+
+NORMALISED_WRONG = [
+    (lambda clean, intervened, baseline: (clean - intervened) / (clean - baseline), "share of the behaviour that is lost"),
+    (lambda clean, intervened, baseline: intervened - baseline, "you did not normalise"),
+    (lambda clean, intervened, baseline: intervened / clean, "a ratio to the clean value"),
+    (lambda clean, intervened, baseline: (intervened - clean) / (clean - baseline), "an unchanged run must score 1"),
+    (lambda clean, intervened, baseline: (intervened - baseline) / (baseline - clean), "the sign is flipped"),
+]
+
+
+@pytest.mark.parametrize("wrong, hint", NORMALISED_WRONG)
+def test_normalised_mistakes(wrong, hint):
+    fails_with(nb00.check_normalised, wrong, NORMALISED_EXAMPLE, hint=hint)
+
+
+def test_normalised_matches_the_task_normalised_metric(handwired):
+    model, task = handwired
+    from mi_course.patching import ablate_head_hook
+
+    logits = model.run_with_hooks(task.clean_tokens, fwd_hooks=[("blocks.1.attn.hook_z", ablate_head_hook(0))])
+    assert abs(nb00.normalised(task.clean_value, task.metric(logits).item(), task.corrupted_value) - task.normalised_metric(logits).item()) < 1e-5
+
+
+# ---------------------------------------------------------------- 00.4 prediction
+
+
+def test_prediction_right_set_passes_in_any_form(handwired, capsys):
+    model, task = handwired
+    for answer in ({(0, 0), (1, 0)}, [(1, 0), (0, 0)], {"L0H0", "l1h0"}, frozenset({(0, 0), (1, 0)})):
+        nb00.check_prediction(answer, model, task)
+    assert capsys.readouterr().out.count("✓ Exercise 00.4 passed") == 4
+
+
+def test_prediction_is_graded_by_running_the_ablations(handwired):
+    model, task = handwired
+    kept = nb00.kept_after_ablation(model, task)
+    assert kept[0, 0] < 0.5 and kept[1, 0] < 0.5 and (kept[:, 1] > 0.99).all()
+
+
+@pytest.mark.parametrize(
+    "answer, hint",
+    [
+        ({(1, 0)}, "a head can matter without writing the answer itself"),
+        ({(0, 0), (1, 0), (1, 1)}, "can be ablated almost for free"),
+        ({(0, 1), (1, 1)}, "can be ablated almost for free"),
+        (None, "no prediction yet"),
+        ("L1H0", "give a set of (layer, head) pairs"),
+        ({(2, 0)}, "there is no head (2, 0)"),
+        ({(0, "x")}, "pair of ints"),
+    ],
+)
+def test_prediction_wrong_sets_get_hints(handwired, answer, hint):
+    model, task = handwired
+    fails_with(nb00.check_prediction, answer, model, task, hint=hint)
+
+
+# ---------------------------------------------------------------- 00.5 reading the composition scores
+
+
+def test_composition_reading(capsys):
+    nb00.check_composition_reading({"A", "D"})
+    nb00.check_composition_reading(["d", "a"])
+    assert capsys.readouterr().out.count("✓ Exercise 00.5 passed") == 2
+    fails_with(nb00.check_composition_reading, {"A", "B", "D"}, hint="weights are static")
+    fails_with(nb00.check_composition_reading, {"A", "C", "D"}, hint="a score compares pairs")
+    fails_with(nb00.check_composition_reading, {"A"}, hint="exactly 0")
+    fails_with(nb00.check_composition_reading, "A", hint="give a set of letters")
+    fails_with(nb00.check_composition_reading, {"E"}, hint="unknown option")
+
+
+def test_composition_answer_is_not_readable_from_the_package(root):
+    package = "\n".join(p.read_text() for p in (root / "mi_course").rglob("*.py"))
+    assert "L0H1's output lies where they never read" not in package
 
 
 # ---------------------------------------------------------------- pass rates over many draws
 
 from test_checks_core import assert_never_passes  # noqa: E402
 
-
-def _abs_effect(clean, intervened, baseline):
-    return abs(clean - intervened) / abs(clean - baseline)
-
-
-def _other_head(edit):
-    """Ablates head (head + 1) % n_heads instead of head."""
-    def wrong(head, mode="mean"):
-        def hook_fn(activation, hook):
-            return ablate_head_hook((head + 1) % activation.shape[2], mode)(activation, hook)
-        return hook_fn
-    return wrong
-
-
 WRONG = [
-    (nb00.check_k_composition_scores, nb00._q_composition, None, "Q-composition"),
-    (nb00.check_k_composition_scores, nb00._k_composition_unnormalised, None, "not normalised"),
-    (nb00.check_k_composition_scores, nb00._k_composition_one_norm, None, "not only W_OV's"),
-    (nb00.check_k_composition_scores, lambda W_V, W_O, W_Q, W_K: nb00._k_composition_unnormalised(W_V, W_O, W_Q, W_K) / (W_Q @ W_K.transpose(-1, -2)).norm(dim=(-2, -1))[None], None, "differ from"),
-    (nb00.check_k_composition_scores, lambda W_V, W_O, W_Q, W_K: nb00.k_composition_scores(W_V, W_O, W_Q, W_K).T, None, "shape"),
-    *[(nb00.check_ablate_head_hook, wrong_hook(edit), EXAMPLE, hint) for edit, hint in HOOK_MISTAKES],
-    (nb00.check_ablate_head_hook, in_place_hook, EXAMPLE, "in place"),
-    (nb00.check_ablate_head_hook, _other_head(None), EXAMPLE, "only head `head` changes"),
-    (nb00.check_normalised_effect, lambda clean, intervened, baseline: (intervened - clean) / (clean - baseline), EFFECT_EXAMPLE, "wrong sign"),
-    (nb00.check_normalised_effect, lambda clean, intervened, baseline: clean - intervened, EFFECT_EXAMPLE, "did not normalise"),
-    (nb00.check_normalised_effect, lambda clean, intervened, baseline: (intervened - baseline) / (clean - baseline), EFFECT_EXAMPLE, "survives"),
-    (nb00.check_normalised_effect, lambda clean, intervened, baseline: (clean - intervened) / clean, EFFECT_EXAMPLE, "clean value"),
-    (nb00.check_normalised_effect, _abs_effect, EFFECT_EXAMPLE, "expected (clean - intervened)"),
+    *[(nb00.check_normalised, wrong, NORMALISED_EXAMPLE, hint) for wrong, hint in NORMALISED_WRONG],
+    (nb00.check_normalised, lambda clean, intervened, baseline: abs(intervened - baseline) / abs(clean - baseline), NORMALISED_EXAMPLE, "expected the share"),
+    (nb00.check_baseline_prompts, baseline_any_letters, (clean_prompts(), LETTERS), "also occur"),
+    (nb00.check_baseline_prompts, baseline_fixed_letters, (clean_prompts(), LETTERS), "also occur"),
 ]
 
 
 @pytest.mark.parametrize("check, wrong, example, hint", WRONG, ids=lambda x: getattr(x, "__name__", None) if callable(x) else "")
 def test_wrong_answers_pass_in_no_draw(check, wrong, example, hint):
-    assert_never_passes(check, wrong, example, hint=hint)
+    args = example if isinstance(example, tuple) else (example,)
+    assert_never_passes(check, wrong, *args, hint=hint)
 
 
 @pytest.mark.parametrize(

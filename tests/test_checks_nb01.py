@@ -3,7 +3,6 @@ and fails typical mistakes with the hint that names them."""
 
 from __future__ import annotations
 
-import einops
 import pytest
 import torch
 
@@ -30,61 +29,6 @@ def fails_with(check, learner, *args, hint: str) -> None:
 # 01.1
 
 
-def parts_reference(model, cache):
-    return residual.layer_components(model, cache)[0]
-
-
-def parts_other(model, cache):
-    names = [n for n in cache.keys() if n in ("hook_embed", "hook_pos_embed") or n.endswith(("hook_attn_out", "hook_mlp_out"))]
-    return torch.stack([cache[n] for n in names])
-
-
-def parts_no_pos(model, cache):
-    return parts_reference(model, cache)[[0, 2, 3, 4, 5]]
-
-
-def parts_cumulative(model, cache):
-    names = ["hook_embed", "hook_pos_embed"] + [f"blocks.{l}.hook_resid_{k}" for l in range(2) for k in ("mid", "post")]
-    return torch.stack([cache[n] for n in names])
-
-
-def parts_no_mlp(model, cache):
-    return parts_reference(model, cache)[[0, 1, 2, 4]]
-
-
-def test_residual_parts(example):
-    args = (example["model"], example["cache"])
-    nb01.check_residual_parts(parts_reference, *args)
-    nb01.check_residual_parts(parts_other, *args)
-    fails_with(nb01.check_residual_parts, parts_no_pos, *args, hint="position embeddings")
-    fails_with(nb01.check_residual_parts, parts_cumulative, *args, hint="running sums")
-    fails_with(nb01.check_residual_parts, parts_no_mlp, *args, hint="left out the MLPs")
-
-
-# 01.2
-
-
-def head_reference(model, cache, layer, head):
-    return residual.head_outputs(model, cache, layer)[:, :, head]
-
-
-def head_other(model, cache, layer, head):
-    z = cache["z", layer]
-    return einops.einsum(z[:, :, head], model.blocks[layer].attn.W_O[head], "b p d, d m -> b p m")
-
-
-def test_head_output(example):
-    args = (example["model"], example["cache"])
-    nb01.check_head_output(head_reference, *args)
-    nb01.check_head_output(head_other, *args)
-    fails_with(nb01.check_head_output, lambda model, cache, layer, head: head_reference(model, cache, layer, head) + model.b_O[layer], *args, hint="b_O")
-    fails_with(nb01.check_head_output, lambda model, cache, layer, head: cache["v", layer][:, :, head] @ model.W_O[layer, head], *args, hint="hook_v")
-    fails_with(nb01.check_head_output, lambda model, cache, layer, head: cache["z", layer][:, :, head], *args, hint="shape")
-
-
-# 01.3
-
-
 def dla_other(model, cache, answers, wrong_answers, layer, head):
     out = cache["z", layer][:, -1, head] @ model.W_O[layer, head]
     normed = out / cache["ln_final.hook_scale"][:, -1]
@@ -109,62 +53,110 @@ def test_head_dla(example):
     fails_with(nb01.check_head_dla, lambda **c: -dla_other(**c), *args, hint="sign is flipped")
 
 
-# 01.4
+# 01.2 direct-path hooks (design)
 
 
-def top_other(dla_grid, k):
-    cells = [(abs(float(dla_grid[l, h])), l, h) for l in range(dla_grid.shape[0]) for h in range(dla_grid.shape[1])]
-    return [(l, h) for _, l, h in sorted(cells, reverse=True)[:k]]
+def direct_reference(model, cache, layer, head):
+    return residual.direct_path_hooks(model, cache, layer, head)
 
 
-def test_top_heads(example):
-    grid = residual.head_dla(*(example[k] for k in ("model", "cache", "answers", "wrong_answers"))).mean(-1)
-    nb01.check_top_heads(lambda dla_grid, k: residual.top_components(dla_grid, k), grid)
-    nb01.check_top_heads(top_other, grid)
-    def signed(dla_grid, k):
-        cells = [(float(dla_grid[l, h]), l, h) for l in range(dla_grid.shape[0]) for h in range(dla_grid.shape[1])]
-        return [(l, h) for _, l, h in sorted(cells, reverse=True)[:k]]
+def direct_other(model, cache, layer, head):
+    """Correct, differently written: swaps the whole final stream's last position to the edited value, scale frozen."""
+    out = residual.head_outputs(model, cache, layer)[:, -1, head]
+    final = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"][:, -1]
+    target = final - out + out.mean(0)
 
-    fails_with(nb01.check_top_heads, signed, grid, hint="absolute value")
-    fails_with(nb01.check_top_heads, lambda dla_grid, k: [(h, l) for l, h in top_other(dla_grid, k)], grid, hint="(layer, head)")
+    def set_last(resid, hook):
+        return torch.cat([resid[:, :-1], target[:, None]], dim=1)
+
+    return [("ln_final.hook_scale", lambda scale, hook: cache["ln_final.hook_scale"] + 0), (f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", set_last)]
+
+
+def direct_in_place(model, cache, layer, head):
+    out = residual.head_outputs(model, cache, layer)[:, -1, head]
+    change = out - out.mean(0)
+
+    def swap(resid, hook):
+        resid[:, -1] -= change
+        return resid
+
+    return [(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", swap), ("ln_final.hook_scale", lambda scale, hook: cache["ln_final.hook_scale"])]
+
+
+DIRECT_WRONG = [
+    (nb01._whole_output, "compares it with a zero output"),
+    (nb01._scale_recomputed, "scale was recomputed"),
+    (nb01._total, "that is the total effect"),
+    (nb01._too_early, "right after the head's own layer"),
+    (nb01._mean_over_positions, "not its mean over positions"),
+    (direct_in_place, "in place"),
+    (lambda model, cache, layer, head: None, "list of (hook name, hook function) pairs"),
+    (lambda model, cache, layer, head: [("blocks.9.hook_resid_post", lambda r, hook: r)], "no hook point"),
+]
+
+
+def direct_args(example, layer=0, head=1):
+    return tuple(example[k] for k in ("model", "tokens", "cache", "answers", "wrong_answers")) + (layer, head)
+
+
+def test_direct_path_hooks(example, capsys):
+    nb01.check_direct_path_hooks(direct_reference, *direct_args(example))
+    nb01.check_direct_path_hooks(direct_other, *direct_args(example))
+    assert capsys.readouterr().out.count("✓ Exercise 01.2 passed") == 2
+
+
+@pytest.mark.parametrize("wrong, hint", DIRECT_WRONG)
+def test_direct_path_hooks_mistakes(example, wrong, hint):
+    fails_with(nb01.check_direct_path_hooks, wrong, *direct_args(example), hint=hint)
+
+
+def test_direct_path_hooks_change_the_logit_difference_by_the_direct_effect_only(example):
+    model, cache = example["model"], example["cache"]
+    dla = residual.head_dla(model, cache, example["answers"], example["wrong_answers"])[0, 1]
+    out = residual.head_outputs(model, cache, 0)[:, -1, 1]
+    directions = residual.logit_diff_directions(model, example["answers"], example["wrong_answers"])
+    mean_dla = (residual.apply_final_ln_scale(model, out.mean(0).expand_as(out), cache) * directions).sum(-1)
+    clean = residual.logit_diff(model(example["tokens"]), example["answers"], example["wrong_answers"])
+    direct = nb01._direct_reference(**{k: example[k] for k in ("model", "tokens", "cache", "answers", "wrong_answers")}, layer=0, head=1)
+    assert torch.allclose(clean - direct, dla - mean_dla, atol=1e-4)
+    total = nb01._direct_diff(nb01._total, **{k: example[k] for k in ("model", "tokens", "cache", "answers", "wrong_answers")}, layer=0, head=1)
+    assert not torch.allclose(direct, total, atol=1e-2)  # a later layer reacts: the test can tell them apart
+
+
+# 01.3 prediction
+
+
+def test_direct_vs_total_prediction_is_graded_by_running(example, capsys):
+    args = tuple(example[k] for k in ("model", "tokens", "cache", "answers", "wrong_answers"))
+    layer, head = residual.top_components(residual.head_dla(*args[:1], args[2], *args[3:]).mean(-1), 1)[0]
+    direct, total = nb01.drops(*args, layer, head)
+    truth = "B" if total > 1.2 * direct else "C" if total < 0.8 * direct else "A"
+    nb01.check_direct_vs_total(truth.lower(), *args)
+    assert "✓ Exercise 01.3 passed" in capsys.readouterr().out
+    for wrong in sorted(set("ABC") - {truth}):
+        fails_with(nb01.check_direct_vs_total, wrong, *args, hint="not on this model")
+    fails_with(nb01.check_direct_vs_total, None, *args, hint="no prediction yet")
+    fails_with(nb01.check_direct_vs_total, "E", *args, hint="give one letter")
+
+
+# 01.4 interpretation
+
+
+def test_direct_total_reading(capsys):
+    nb01.check_direct_total_reading("A")
+    assert "✓ Exercise 01.4 passed" in capsys.readouterr().out
+    fails_with(nb01.check_direct_total_reading, "B", hint="by construction")
+    fails_with(nb01.check_direct_total_reading, "C", hint="would equal the direct drop")
+    fails_with(nb01.check_direct_total_reading, "D", hint="same mean")
+    fails_with(nb01.check_direct_total_reading, {"A"}, hint="give one letter")
+
+
+def test_reading_answer_is_not_readable_from_the_package(root):
+    package = "\n".join(p.read_text() for p in (root / "mi_course").rglob("*.py"))
+    assert "DLA credits the head only with the direct part" not in package
 
 
 # 01.5
-
-
-def hook_other(part, pos):
-    def hook(resid, hook):
-        delta = torch.zeros_like(resid)
-        delta[:, pos, :] = part
-        return resid - delta
-    return hook
-
-
-def hook_in_place(part, pos):
-    def hook(resid, hook):
-        resid[:, pos, :] = resid[:, pos, :] - part  # right values, but the exercise asks for a copy
-    return hook
-
-
-def test_remove_part_hook(example):
-    model, tokens = example["model"], example["tokens"]
-    part = residual.head_outputs(model, example["cache"], 1)[:, -1, 0]
-    nb01.check_remove_part_hook(residual.remove_part_hook, model, tokens, part)
-    nb01.check_remove_part_hook(hook_other, model, tokens, part)
-    fails_with(nb01.check_remove_part_hook, hook_in_place, model, tokens, part, hint="edits the residual stream it receives in place")
-    fails_with(nb01.check_remove_part_hook, lambda part, pos: (lambda resid, hook: resid - part[:, None]), model, tokens, part, hint="every position")
-    fails_with(nb01.check_remove_part_hook, lambda part, pos: residual.remove_part_hook(-part, pos), model, tokens, part, hint="added")
-
-    def copy_not_returned(part, pos):
-        def hook(resid, hook):
-            resid = resid.clone()
-            resid[:, pos] -= part
-        return hook
-
-    fails_with(nb01.check_remove_part_hook, copy_not_returned, model, tokens, part, hint="return the edited tensor")
-
-
-# 01.6
 
 
 def by_layer_other(model, cache, answers, wrong_answers):
@@ -200,33 +192,6 @@ def test_logit_diff_by_layer(example):
     fails_with(nb01.check_logit_diff_by_layer, no_scale, *args, hint="forgot the final layer norm's scale")
 
 
-# ---------------------------------------------------------------- pass rates over many draws (01.4; the other checks run a model)
-
-from test_checks_core import assert_never_passes  # noqa: E402
-
-SQUARE_GRID = torch.tensor([[0.5, -2.0, 0.1], [1.5, 0.3, -0.7], [0.2, 0.9, -1.1]])  # square, like the notebook's
-
-
-def _flat_top(grid, k, width):
-    return [(int(i) // width, int(i) % width) for i in grid.abs().flatten().topk(k).indices]
-
-
-@pytest.mark.parametrize(
-    "wrong, hint",
-    [
-        (lambda dla_grid, k: [(int(i) // dla_grid.shape[1], int(i) % dla_grid.shape[1]) for i in dla_grid.flatten().topk(k).indices], "absolute value"),
-        (lambda dla_grid, k: [(h, l) for l, h in residual.top_components(dla_grid, k)], "(layer, head) pairs"),
-        (lambda dla_grid, k: _flat_top(dla_grid, k, dla_grid.shape[0]), "unflattened with the wrong size"),
-        (lambda dla_grid, k: [tuple(divmod(int(i), dla_grid.shape[0])) for i in dla_grid.abs().flatten().topk(k).indices], "unflattened"),
-        (lambda dla_grid, k: residual.top_components(dla_grid, k)[::-1], "wrong order"),
-        (lambda dla_grid, k: residual.top_components(dla_grid, 3), "expected a list of"),
-        (lambda dla_grid, k: residual.top_components(dla_grid.abs().sqrt() * dla_grid.sign().clamp(min=0), k), None),
-    ],
-)
-def test_top_heads_wrong_answers_pass_in_no_draw(wrong, hint):
-    assert_never_passes(nb01.check_top_heads, wrong, SQUARE_GRID, hint=hint)
-
-
 # ---------------------------------------------------------------- the checks that run a model: every fresh case separates every mistake
 
 from mi_course.checks.core import separates  # noqa: E402
@@ -235,22 +200,14 @@ from mi_course.checks.core import separates  # noqa: E402
 @pytest.mark.parametrize(
     "draw, reference, mistakes",
     [
-        (nb01._parts_case, nb01._parts_reference, nb01._PARTS_MISTAKES),
-        (nb01._head_case, nb01._head_reference, nb01._HEAD_MISTAKES),
         (nb01._dla_case, nb01._dla_reference, nb01._DLA_MISTAKES),
-        (nb01._remove_case, nb01._remove_reference, nb01._REMOVE_MISTAKES),
+        (nb01._direct_case, nb01._direct_reference, nb01._DIRECT_MISTAKES),
         (nb01._by_layer_case, nb01._by_layer_reference, nb01._BY_LAYER_MISTAKES),
     ],
-    ids=["01.1", "01.2", "01.3", "01.5", "01.6"],
+    ids=["01.1", "01.2", "01.5"],
 )
 def test_fresh_cases_separate_every_mistake(draw, reference, mistakes):
     """By construction (separating_case redraws until it holds); here: how the checks draw them."""
     for seed in range(3):
         case = nb01.separating_case(draw, reference, mistakes.values(), seed)
         assert separates(case, reference, mistakes.values())
-
-
-def test_remove_part_hook_at_the_last_position_only(example):
-    model, tokens = example["model"], example["tokens"]
-    part = residual.head_outputs(model, example["cache"], 1)[:, -1, 0]
-    fails_with(nb01.check_remove_part_hook, lambda part, pos: residual.remove_part_hook(part, -1), model, tokens, part, hint="always edited the last position")

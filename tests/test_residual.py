@@ -12,6 +12,7 @@ from mi_course.residual import (
     at_pos,
     decompose_resid,
     direct_logit_attribution,
+    direct_path_hooks,
     head_dla,
     head_outputs,
     layer_components,
@@ -90,6 +91,26 @@ def test_head_dla_is_the_effect_of_removing_the_head_from_the_final_residual(set
         ]
         removed = logit_diff(model.run_with_hooks(tokens, fwd_hooks=hooks), answers, wrong)
         torch.testing.assert_close(clean - removed, grid[layer, head], atol=ATOL, rtol=0)
+
+
+def test_direct_path_hooks_move_the_logit_difference_by_the_direct_effect_against_the_mean(setup):
+    """Swapping a head's output for its batch mean in the final residual, scale frozen, changes the
+    logit difference by its DLA minus the DLA of the mean output; no later layer reacts."""
+    model, tokens, logits, cache, answers, wrong = setup
+    clean = logit_diff(logits, answers, wrong)
+    final_scale = cache["ln_final.hook_scale"][:, -1]
+    direction = model.W_U[:, answers] - model.W_U[:, wrong]
+    if model.cfg.normalization_type == "LN" and hasattr(model.ln_final, "w"):
+        direction = direction * model.ln_final.w[:, None]
+    for layer, head in [(0, 2), (1, 3)]:
+        out = cache[f"blocks.{layer}.attn.hook_z"][:, -1, head] @ model.W_O[layer, head]
+        change = out - out.mean(0)
+        if model.cfg.normalization_type == "LN":
+            change = change - change.mean(-1, keepdim=True)
+        expected = ((change / final_scale) * direction.T).sum(-1)
+        swapped = logit_diff(model.run_with_hooks(tokens, fwd_hooks=direct_path_hooks(model, cache, layer, head)), answers, wrong)
+        torch.testing.assert_close(clean - swapped, expected, atol=ATOL, rtol=0)
+    assert [name for name, _ in direct_path_hooks(model, cache, 0, 0)] == ["blocks.1.hook_resid_post", "ln_final.hook_scale"]
 
 
 def test_head_dla_agrees_with_component_dla(setup):

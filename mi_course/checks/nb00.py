@@ -7,31 +7,33 @@ import hashlib
 import hmac
 import itertools
 import secrets
-import types
 from collections.abc import Callable, Mapping
 
 import torch
+from jaxtyping import Int
+from torch import Tensor
 
-from mi_course.checks.core import CheckFailed, check_function, fresh_seed, passed
+from mi_course.checks.core import CheckFailed, call_learner, check_choice, check_function, fresh_seed, passed
 from mi_course.induction import k_composition_score
-from mi_course.patching import ablate_head_hook, normalised_effect
 
 __all__ = [
+    "COMPOSITION_OPTIONS",
     "DEFINITIONS",
     "SEALED",
-    "check_ablate_head_hook",
+    "check_baseline_prompts",
     "check_classification",
-    "check_k_composition_scores",
-    "check_normalised_effect",
+    "check_composition_reading",
+    "check_normalised",
+    "check_prediction",
     "k_composition_scores",
+    "kept_after_ablation",
+    "normalised",
 ]
 
 # The course's own implementation of each exercise: exercise code that calls one is flagged in the
 # gradebook for the instructor to review (the grader reads this literal without importing the module).
 REFERENCES: dict[str, tuple[str, ...]] = {
-    "00.2": ("mi_course.checks.nb00.k_composition_scores",),
-    "00.3": ("mi_course.patching.ablate_head_hook",),
-    "00.4": ("mi_course.patching.normalised_effect",),
+    "00.3": ("mi_course.checks.nb00.normalised", "mi_course.tasks.Task.normalised_metric"),
 }
 
 # ---------------------------------------------------------------- 00.1 four definitions
@@ -131,7 +133,7 @@ def check_classification(answers: Mapping[str, set[str]] | None) -> None:
     passed("00.1", f"all {len(STUDIES)} studies classified consistently with Saphra & Wiegreffe's four definitions.")
 
 
-# ---------------------------------------------------------------- 00.2 K-composition
+# ---------------------------------------------------------------- K-composition (computed in the notebook, 00.5)
 
 
 def k_composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, W_Q: torch.Tensor, W_K: torch.Tensor) -> torch.Tensor:
@@ -147,205 +149,227 @@ def k_composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, W_Q: torch.Tensor
     return torch.tensor([[k_composition_score(q, o) for q in qk] for o in ov])
 
 
-def _q_composition(W_V, W_O, W_Q, W_K):
-    ov, qk = W_V @ W_O, W_Q @ W_K.transpose(-1, -2)
-    return (ov[:, None] @ qk[None]).norm(dim=(-2, -1)) / (ov.norm(dim=(-2, -1))[:, None] * qk.norm(dim=(-2, -1))[None])
+# ---------------------------------------------------------------- 00.2 baseline prompts (design)
 
-
-def _k_composition_unnormalised(W_V, W_O, W_Q, W_K):
-    ov, qk = W_V @ W_O, W_Q @ W_K.transpose(-1, -2)
-    return (ov[:, None] @ qk[None].transpose(-1, -2)).norm(dim=(-2, -1))
-
-
-def _k_composition_one_norm(W_V, W_O, W_Q, W_K):
-    ov = W_V @ W_O
-    return _k_composition_unnormalised(W_V, W_O, W_Q, W_K) / ov.norm(dim=(-2, -1))[:, None]
-
-
-def _composition_cases(example: Mapping[str, torch.Tensor] | None, n: int = 2) -> list[dict[str, torch.Tensor]]:
-    cases = [dict(example)] if example is not None else []
-    for _ in range(n):
-        g = torch.Generator().manual_seed(fresh_seed())
-        d_model, d_head, h0, h1 = 8, 3, 2, 3  # h0 != h1, so a transposed answer shows up as a shape error
-        cases.append(
-            dict(
-                W_V=torch.randn(h0, d_model, d_head, generator=g),
-                W_O=torch.randn(h0, d_head, d_model, generator=g),
-                W_Q=torch.randn(h1, d_model, d_head, generator=g),
-                W_K=torch.randn(h1, d_model, d_head, generator=g),
-            )
-        )
-    return cases
-
-
-def check_k_composition_scores(learner: Callable, example: Mapping[str, torch.Tensor] | None = None) -> None:
-    """Check ``k_composition_scores(W_V, W_O, W_Q, W_K)`` on the notebook's weights and random ones."""
-    check_function(
-        "00.2",
-        learner,
-        k_composition_scores,
-        _composition_cases(example),
-        mistakes={
-            "that is the Q-composition score: the earlier head's output reaches the later head's keys, so "
-            "multiply W_OV by W_QK transposed (W_OV @ W_QK.T), not by W_QK.": _q_composition,
-            "the score is not normalised: divide by the Frobenius norms of both W_OV and W_QK, so that "
-            "scores lie in [0, 1] and heads with big weights do not win by size alone.": _k_composition_unnormalised,
-            "divide by the norms of both matrices, W_OV's and W_QK's, not only W_OV's.": _k_composition_one_norm,
-        },
-        hint="your scores differ from |W_OV @ W_QK.T|_F / (|W_OV|_F |W_QK|_F) with W_OV = W_V @ W_O and W_QK = W_Q @ W_K.T.",
-        success="K-composition scores match",
-    )
-
-
-# ---------------------------------------------------------------- 00.3 ablation hook
-
-_HOOK = types.SimpleNamespace(name="blocks.1.attn.hook_z", layer=lambda: 1)
-
-
-def _run_hook(factory: Callable, z: torch.Tensor, head: int, mode: str) -> torch.Tensor:
-    """Build the hook with ``factory(head, mode)`` and apply it to ``z`` (the check's own copy)."""
-    hook_fn = factory(head, mode)
-    if not callable(hook_fn):
-        raise CheckFailed(
-            "00.3",
-            f"ablate_head_hook(head, mode) must return a hook function (define `hook_fn(activation, hook)` "
-            f"inside it and `return hook_fn`), not {type(hook_fn).__name__}.",
-        )
-    out = hook_fn(z, _HOOK)
-    if out is None:
-        raise CheckFailed(
-            "00.3",
-            "your hook function returns None: return the edited activation (`return activation`), "
-            "so that the ablation is what flows on through the model.",
-        )
-    return out
-
-
-def _mistake(edit: Callable[[torch.Tensor, torch.Tensor, int, str], None]) -> Callable:
-    """A wrong hook that makes the edit ``edit(out, z, head, mode)`` on a copy."""
-
-    def wrong(z: torch.Tensor, head: int, mode: str) -> torch.Tensor:
-        out = z.clone()
-        edit(out, z, head, mode)
-        return out
-
-    return wrong
-
-
-def _every_head(out, z, head, mode):
-    out[:] = 0.0 if mode == "zero" else z.mean(dim=0, keepdim=True)
-
-
-def _position_axis(out, z, head, mode):
-    out[:, head] = 0.0 if mode == "zero" else z[:, head].mean(dim=0, keepdim=True)
-
-
-def _always_zero(out, z, head, mode):
-    out[:, :, head] = 0.0
-
-
-def _always_mean(out, z, head, mode):
-    out[:, :, head] = z[:, :, head].mean(dim=0, keepdim=True)
-
-
-def _mean_over_positions(out, z, head, mode):
-    out[:, :, head] = 0.0 if mode == "zero" else z[:, :, head].mean(dim=(0, 1), keepdim=True)
-
-
-def _mean_over_d_head(out, z, head, mode):
-    out[:, :, head] = 0.0 if mode == "zero" else z[:, :, head].mean(dim=-1, keepdim=True)
-
-
-def _mean_over_heads(out, z, head, mode):
-    out[:, :, head] = 0.0 if mode == "zero" else z.mean(dim=2)
-
-
-HOOK_MISTAKES = {
-    "you ablated every head of the layer: change only index `head` of the head axis (axis 2 of "
-    "[batch, pos, head_index, d_head]) and leave the other heads as they were.": _every_head,
-    "you indexed axis 1, which is the position axis: heads are axis 2 of [batch, pos, head_index, "
-    "d_head], so write activation[:, :, head].": _position_axis,
-    "with mode='mean' you wrote zeros: mean ablation replaces the head's output by its average over "
-    "the batch, which keeps it on the distribution the later layers expect.": _always_zero,
-    "with mode='zero' you still wrote the mean: look at `mode` and write zeros in that case.": _always_mean,
-    "you averaged over positions as well: average over the batch only (dim=0), keeping one mean per "
-    "position, because what a head writes depends on the position.": _mean_over_positions,
-    "you averaged over d_head (the last axis): average over the batch (dim=0) so that each component "
-    "of the head's output keeps its own mean.": _mean_over_d_head,
-    "you averaged over the heads: the replacement must be the same head's own output, averaged over "
-    "the batch (dim=0).": _mean_over_heads,
+_DESIGN_HINTS = {
+    "shape": "return one baseline prompt per clean prompt, an integer tensor of the same shape as clean_tokens.",
+    "bos": "keep the first token, <bos>, as it is: the baseline should differ from the clean prompts only where the behaviour needs it.",
+    "repeat": "you changed the second half: the metric scores the same next tokens at the same positions of the repeat, so the "
+    "baseline must keep them, or the clean and baseline values measure different things. Change only the first half.",
+    "letters": "use only letters from `letters` in the first half (no <bos> or other tokens the clean prompts never contain there).",
+    "distinct": "the clean prompts' first halves have distinct letters; give the baseline prompts distinct letters too, so that "
+    "they differ from the clean ones only in what the behaviour needs.",
+    "permuted": "your first half reuses the clean prompt's letters in another order: an induction mechanism still finds an "
+    "earlier copy of the current letter and copies the letter after it, now a wrong one. That misleads the model instead of "
+    "leaving it nothing to copy, and the baseline falls far below 'behaviour absent'. Use letters that the clean prompt does not contain.",
+    "overlap": "some letters of your first half also occur in the clean prompt's first half (and so in its repeat): at those "
+    "positions the model can still copy, so part of the behaviour survives in your baseline. Use only letters that the clean prompt does not contain.",
 }
 
 
-def _reference_hook(z: torch.Tensor, head: int, mode: str) -> torch.Tensor:
-    return ablate_head_hook(head, mode)(z.clone(), _HOOK)
+def _design_case(seed: int, letters: Tensor) -> dict:
+    """Fresh clean prompts in the task's format: <bos>, L distinct letters, the first L - 1 of them again."""
+    g = torch.Generator().manual_seed(seed)
+    length = int(torch.randint(5, 9, (1,), generator=g))
+    n = int(torch.randint(4, 9, (1,), generator=g))
+    rows = []
+    for _ in range(n):
+        first = letters[torch.randperm(len(letters), generator=g)[:length]]
+        rows.append(torch.cat([torch.zeros(1, dtype=torch.long), first, first[:-1]]))
+    return dict(clean_tokens=torch.stack(rows), letters=letters.clone())
 
 
-def _hook_cases(example: Mapping | None) -> list[dict]:
-    cases = [dict(example)] if example is not None else []
-    for mode in ("mean", "zero", "mean"):
-        g = torch.Generator().manual_seed(fresh_seed())
-        n_heads = int(torch.randint(2, 6, (1,), generator=g))
-        z = torch.randn(int(torch.randint(3, 7, (1,), generator=g)), 5, n_heads, 4, generator=g)
-        cases.append(dict(z=z, head=int(torch.randint(0, n_heads, (1,), generator=g)), mode=mode))
-    return cases
+def _design_problem(got: object, clean: Tensor, letters: Tensor) -> str | None:
+    """What makes ``got`` an invalid baseline for ``clean`` (a key of _DESIGN_HINTS), or None."""
+    if not isinstance(got, Tensor) or got.shape != clean.shape or got.is_floating_point() or got.is_complex():
+        return "shape"
+    half = clean.shape[1] // 2
+    if not torch.equal(got[:, 0], clean[:, 0]):
+        return "bos"
+    if not torch.equal(got[:, half + 1 :], clean[:, half + 1 :]):
+        return "repeat"
+    allowed = set(letters.tolist())
+    for row, clean_row in zip(got.tolist(), clean.tolist()):
+        first, clean_first = row[1 : half + 1], clean_row[1 : half + 1]
+        if not set(first) <= allowed:
+            return "letters"
+        if sorted(first) == sorted(clean_first):
+            return "permuted"
+        if set(first) & set(clean_first):
+            return "overlap"
+        if len(set(first)) != len(first):
+            return "distinct"
+    return None
 
 
-def check_ablate_head_hook(learner: Callable, example: Mapping | None = None) -> None:
-    """Check ``ablate_head_hook(head, mode)``: the hook it returns, applied to ``hook_z``-shaped tensors."""
-    if not callable(learner):
-        raise CheckFailed("00.3", f"expected a function, got {type(learner).__name__}.")
-    check_function(
-        "00.3",
-        lambda z, head, mode: _run_hook(learner, z, head, mode),
-        _reference_hook,
-        _hook_cases(example),
-        mistakes={hint: _mistake(edit) for hint, edit in HOOK_MISTAKES.items()},
-        unchanged=("z",),
-        unchanged_hint="your hook edits the activation it receives in place: edit a copy (`out = activation.clone()`), "
-        "return the copy, and leave the cache's tensor as it was (later cells still read it).",
-        hint="your ablated activation differs from the reference: only head `head` changes, to its batch "
-        "mean at each position (mode='mean') or to zero (mode='zero').",
-        success="the hook ablates exactly one head, by mean or by zero",
+def check_baseline_prompts(
+    learner: Callable,
+    clean_tokens: Int[Tensor, "batch pos"],
+    letters: Int[Tensor, " n_letters"],
+    metric: Callable[[Tensor], Tensor] | None = None,
+    model: Callable[[Tensor], Tensor] | None = None,
+) -> None:
+    """``baseline_prompts(clean_tokens, letters)``: prompts on which induction is impossible and nothing else changes.
+
+    Runs the design on the notebook's prompts and on fresh prompts of another length; with
+    ``model`` and ``metric``, also reports the model's metric on the learner's baseline prompts.
+    """
+    cases = [dict(clean_tokens=clean_tokens, letters=letters)]
+    cases += [_design_case(fresh_seed(), letters) for _ in range(2)]
+    answers = []
+    for i, case in enumerate(cases):
+        got = call_learner("00.2", learner, **case)
+        problem = _design_problem(got, case["clean_tokens"], case["letters"])
+        if problem is not None:
+            where = "on the notebook's prompts" if i == 0 else f"on fresh prompts of length {case['clean_tokens'].shape[1]}"
+            raise CheckFailed("00.2", f"{where}: {_DESIGN_HINTS[problem]}", problem)
+        answers.append(got)
+    said = ""
+    if model is not None and metric is not None:
+        with torch.no_grad():
+            clean_value, baseline_value = (float(metric(model(t))) for t in (clean_tokens, answers[0]))
+        said = f"; the model's metric: clean {clean_value:.2f}, on your baseline prompts {baseline_value:.2f}"
+    passed(
+        "00.2",
+        f"your baseline prompts keep <bos> and the repeat and leave nothing to copy (the notebook's prompts and "
+        f"{len(cases) - 1} fresh sets){said}.",
     )
 
 
-# ---------------------------------------------------------------- 00.4 normalised effect
+# ---------------------------------------------------------------- 00.3 normalised metric
 
 
-def _effect_cases(example: Mapping | None) -> list[dict]:
-    """Losses and logit differences; effects inside (0, 1), negative (the intervention helps) and above 1 (it overshoots the baseline)."""
+def normalised(clean: float, intervened: float, baseline: float) -> float:
+    """The share of the clean-to-baseline gap that survives an intervention: 1 = clean behaviour, 0 = baseline.
+
+    The convention of the whole course (notebook 03's normalised metric): an ablation reports
+    the share of the behaviour it leaves. Works for metrics where higher is better (a logit
+    difference, a log-probability) and lower is better (a loss) alike.
+    """
+    return float((intervened - baseline) / (clean - baseline))
+
+
+def _normalised_cases(example: Mapping | None) -> list[dict]:
+    """Losses and log-probabilities; shares inside (0, 1), below 0 (past the baseline) and above 1 (better than clean)."""
     cases = [dict(example)] if example is not None else []
     g = torch.Generator().manual_seed(fresh_seed())
     low, high = sorted((0.1 + torch.rand(2, generator=g)).tolist())
     middle = low + (high - low) * (0.2 + 0.6 * float(torch.rand(1, generator=g)))
     cases.append(dict(clean=low, intervened=middle, baseline=5 * high))  # a loss: lower is better
     cases.append(dict(clean=10 * high, intervened=5 * middle, baseline=-low))  # a logit difference
-    cases.append(dict(clean=middle, intervened=low, baseline=5 * high))  # a loss that the intervention lowers: effect < 0
-    cases.append(dict(clean=5 * middle, intervened=10 * high, baseline=-low))  # a logit difference it raises: effect < 0
-    cases.append(dict(clean=low, intervened=8 * high, baseline=5 * high))  # past the baseline: effect > 1
+    cases.append(dict(clean=-low, intervened=-3 * middle, baseline=-2 * high))  # a log-probability: all negative
+    cases.append(dict(clean=low, intervened=8 * high, baseline=5 * high))  # a loss pushed past the baseline: below 0
+    cases.append(dict(clean=5 * middle, intervened=10 * high, baseline=-low))  # a logit difference it raises: above 1
     return cases
 
 
-def check_normalised_effect(learner: Callable, example: Mapping | None = None) -> None:
-    """Check ``normalised_effect(clean, intervened, baseline)`` on losses and logit differences."""
+NORMALISED_MISTAKES = {
+    "that is the share of the behaviour that is lost (1 = behaviour gone). The course reports the share that "
+    "survives: 1 when the intervened run behaves like the clean one, 0 when it behaves like the baseline.": lambda clean,
+    intervened, baseline: (clean - intervened) / (clean - baseline),
+    "you did not normalise: divide by the whole gap between the clean and the baseline value, so that the "
+    "clean run scores 1 whatever the metric's units.": lambda clean, intervened, baseline: intervened - baseline,
+    "a ratio to the clean value depends on where the metric's zero lies (a loss, a log-probability): measure "
+    "how far the intervened value is from the baseline, as a share of the clean-to-baseline gap.": lambda clean,
+    intervened, baseline: intervened / clean,
+    "an unchanged run must score 1, not 0: measure the intervened value from the baseline, not from the clean "
+    "value.": lambda clean, intervened, baseline: (intervened - clean) / (clean - baseline),
+    "the sign is flipped: with intervened = clean you get -1. Divide by (clean - baseline), the gap in the "
+    "direction of the behaviour.": lambda clean, intervened, baseline: (intervened - baseline) / (baseline - clean),
+}
+
+
+def check_normalised(learner: Callable, example: Mapping | None = None) -> None:
+    """Check ``normalised_metric(clean, intervened, baseline)`` on losses, log-probabilities and logit differences."""
     check_function(
-        "00.4",
+        "00.3",
         learner,
-        normalised_effect,
-        _effect_cases(example),
-        mistakes={
-            "your effect has the wrong sign: measure the move from clean towards the baseline, "
-            "(clean - intervened) / (clean - baseline), so a harmful ablation gives a positive effect.": lambda clean,
-            intervened,
-            baseline: (intervened - clean) / (clean - baseline),
-            "you did not normalise: divide the change by the whole clean-to-baseline gap (clean - baseline), "
-            "so that 1 means 'all of the behaviour is gone'.": lambda clean, intervened, baseline: clean - intervened,
-            "that is the fraction of the behaviour that survives the intervention (1 - effect); the effect is "
-            "the fraction that is lost.": lambda clean, intervened, baseline: (intervened - baseline) / (clean - baseline),
-            "you divided by the clean value (a relative change); divide by the clean-to-baseline gap "
-            "instead.": lambda clean, intervened, baseline: (clean - intervened) / clean,
-        },
-        hint="expected (clean - intervened) / (clean - baseline).",
-        success="normalised effects match, for a loss and for a logit difference",
+        normalised,
+        _normalised_cases(example),
+        mistakes=NORMALISED_MISTAKES,
+        hint="expected the share of the clean-to-baseline gap that the intervened run keeps: (intervened - baseline) / (clean - baseline).",
+        success="normalised values match, for a loss, a log-probability and a logit difference",
     )
+
+
+# ---------------------------------------------------------------- 00.4 prediction: which heads matter
+
+
+def _heads_of(prediction: object, n_layers: int, n_heads: int) -> frozenset[tuple[int, int]]:
+    """The learner's prediction as a set of (layer, head), or a hint."""
+    if prediction is None or prediction is Ellipsis:
+        raise CheckFailed("00.4", "no prediction yet: fill in the exercise cell above.")
+    if isinstance(prediction, (str, bytes)) or not isinstance(prediction, (set, frozenset, list, tuple)):
+        raise CheckFailed("00.4", f"give a set of (layer, head) pairs such as {{(0, 1)}} (set() for none), not {prediction!r}.")
+    heads = set()
+    for item in prediction:
+        if isinstance(item, str) and item.upper().startswith("L") and "H" in item.upper():
+            layer, _, head = item.upper()[1:].partition("H")
+            item = (layer, head)
+        try:
+            layer, head = (int(x) for x in item)
+        except (TypeError, ValueError):
+            raise CheckFailed("00.4", f"each head is a (layer, head) pair of ints such as (0, 1), not {item!r}.") from None
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise CheckFailed("00.4", f"the model has layers 0 to {n_layers - 1} and heads 0 to {n_heads - 1}; there is no head {(layer, head)}.")
+        heads.add((layer, head))
+    return frozenset(heads)
+
+
+def kept_after_ablation(model, task) -> Tensor:
+    """The normalised metric (1 = clean, 0 = corrupted) with each head mean-ablated in turn: [layer, head]."""
+    from mi_course.patching import ablation_sweep
+
+    return ablation_sweep(model, task.clean_tokens, task.normalised_metric, "z", by=("layer", "head"), mode="mean", progress=False)
+
+
+def check_prediction(prediction: object, model, task) -> None:
+    """Grade the set of heads predicted to keep less than half of the behaviour when mean-ablated, by running the ablations."""
+    cfg = model.cfg
+    predicted = _heads_of(prediction, cfg.n_layers, cfg.n_heads)
+    with torch.no_grad():
+        kept = kept_after_ablation(model, task)
+    truth = frozenset((layer, head) for layer in range(cfg.n_layers) for head in range(cfg.n_heads) if kept[layer, head] < 0.5)
+    if predicted == truth:
+        passed("00.4", f"your prediction holds: mean-ablating exactly these {len(truth)} heads keeps less than half of the behaviour. The next cells show the figures.")
+        return
+    said = []
+    if truth - predicted:
+        said.append(
+            f"{len(truth - predicted)} head(s) you left out matter: a head can matter without writing the answer itself, "
+            "when a later head reads what it writes (what must an induction head know about each earlier position?)."
+        )
+    if predicted - truth:
+        said.append(
+            f"{len(predicted - truth)} head(s) you picked can be ablated almost for free: a sharp or striking pattern shows "
+            "where a head reads from, not that anything the model uses depends on what it writes."
+        )
+    raise CheckFailed("00.4", " ".join(said))
+
+
+# ---------------------------------------------------------------- 00.5 reading the composition scores
+
+COMPOSITION_OPTIONS = {
+    "A": "L1H0's keys can read what L0H0 writes.",
+    "B": "The scores show that ablating L0H0 will remove the induction behaviour.",
+    "C": "A score of 0.19 is far from 1, so L0H0 to L1H0 is a weak path.",
+    "D": "Whatever L0H1 writes, L1H0's keys do not read it.",
+}
+SEALED_COMPOSITION = (
+    "727100c3272f396a",
+    "30a518867317508291dd0f37f8bd441a",
+    "AoOj/4/IUVLc1I3FDn2tBV5lW/8uS2VmWleg2I81LEb4qwt40jxlDWUMlmzBYXCItIDPTpiTPNCiOsJx07qH52r0h7+GzPDpyEGVLsq7IGZRt1bZ2QcidG6MAP1t6ieec67Lyad0NwDw5RL8xQkaLNQg7SU+kU/ZNM1fQDJwd6uAPbMB6EsqB9/4BEXF/3OZjuFb5iSlz3F7yI+F5i9S2VxmJ2seIZFgLoZzhhza1mM0EO9F4gqYJO6JDrJ2rai6fgNB3m8FbkxZC9K2K6/0En74zMBLFJGj2i1NGG9NMHbvt7gCyWU0cFWz/AARv/GYkSumg2/mw0WRHaUOFy+TfgKUjXDLDfYe0mEUXIuP4o2r",
+)
+COMPOSITION_HINTS = {
+    "A": "a nonzero K-composition score means that the later head's keys read part of what the earlier head writes.",
+    "B": "weights are static: they say what could flow from one head to another, not what does on the data, nor that "
+    "the behaviour depends on it. Only an intervention can show that.",
+    "C": "a score compares pairs; it is not a strength on an absolute scale. Two matrices that act as the identity on r "
+    "dimensions score at most one over the square root of r, however strongly they compose.",
+    "D": "a score of exactly 0 means that the later head's keys ignore the earlier head's output entirely.",
+}
+
+
+def check_composition_reading(got: object) -> None:
+    """Which statements the K-composition scores of the hand-set model support (a set of letters)."""
+    check_choice("00.5", got, COMPOSITION_OPTIONS, SEALED_COMPOSITION, several=True, hints=COMPOSITION_HINTS)

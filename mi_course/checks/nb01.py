@@ -16,27 +16,27 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedTransformer, HookedTransformerConfig
 
 from mi_course import residual
-from mi_course.checks.core import CheckFailed, check_function, fresh_seed, guard_hook, separating_case
+from mi_course.checks.core import CheckFailed, check_choice, check_function, fresh_seed, guard_hook, passed, separating_case
+from mi_course.patching import ablate_head_hook
 
 __all__ = [
+    "DIRECT_VS_TOTAL",
+    "READING_OPTIONS",
+    "check_direct_path_hooks",
+    "check_direct_total_reading",
+    "check_direct_vs_total",
     "check_head_dla",
-    "check_head_output",
     "check_logit_diff_by_layer",
-    "check_remove_part_hook",
-    "check_residual_parts",
-    "check_top_heads",
+    "drops",
     "random_model",
 ]
 
 # The course's own implementation of each exercise: exercise code that calls one is flagged in the
 # gradebook for the instructor to review (the grader reads this literal without importing the module).
 REFERENCES: dict[str, tuple[str, ...]] = {
-    "01.1": ("mi_course.residual.layer_components",),
-    "01.2": ("mi_course.residual.head_outputs",),
-    "01.3": ("mi_course.residual.head_dla", "mi_course.residual.direct_logit_attribution"),
-    "01.4": ("mi_course.residual.top_components",),
-    "01.5": ("mi_course.residual.remove_part_hook",),
-    "01.6": ("mi_course.residual.accumulated_logit_diff",),
+    "01.1": ("mi_course.residual.head_dla", "mi_course.residual.direct_logit_attribution"),
+    "01.2": ("mi_course.residual.direct_path_hooks",),
+    "01.5": ("mi_course.residual.accumulated_logit_diff",),
 }
 
 
@@ -76,90 +76,7 @@ def _check(exercise: str, learner: Callable, reference: Callable, cases: list[di
     """``check_function`` (which names a mistake that reproduces every answer even when it changes the shape)."""
     check_function(exercise, learner, reference, cases, mistakes=mistakes, **kwargs)
 
-
 # 01.1 ---------------------------------------------------------------------------------
-
-
-def _parts_reference(model, cache):
-    return residual.layer_components(model, cache)[0]
-
-
-def _no_pos(model, cache):
-    return residual.layer_components(model, cache)[0][[0] + list(range(2, 2 + 2 * model.cfg.n_layers))]
-
-
-def _cumulative(model, cache):
-    post = [cache[f"blocks.{layer}.hook_{kind}"] for layer in range(model.cfg.n_layers) for kind in ("resid_mid", "resid_post")]
-    return torch.stack([cache["hook_embed"], cache["hook_pos_embed"], *post])
-
-
-def _attn_only(model, cache):
-    return torch.stack([cache["hook_embed"], cache["hook_pos_embed"]] + [cache[f"blocks.{l}.hook_attn_out"] for l in range(model.cfg.n_layers)])
-
-
-_PARTS_MISTAKES = {
-    "you left out the position embeddings (cache['hook_pos_embed']): the stream starts as token plus position embedding.": _no_pos,
-    "you stacked the running sums (hook_resid_mid / hook_resid_post), not what each layer adds: use hook_attn_out and hook_mlp_out.": _cumulative,
-    "you left out the MLPs: each layer adds its attention output and then its MLP output (hook_mlp_out).": _attn_only,
-}
-
-
-def _parts_case(seed: int) -> dict:
-    task = _random_task(seed)
-    return dict(model=task["model"], cache=task["cache"])
-
-
-def check_residual_parts(learner: Callable, model: HookedTransformer, cache: ActivationCache) -> None:
-    """``residual_parts(model, cache)``: embeddings, then each layer's attention and MLP output."""
-    fresh = separating_case(_parts_case, _parts_reference, _PARTS_MISTAKES.values(), fresh_seed())
-    _check(
-        "01.1",
-        learner,
-        _parts_reference,
-        [dict(model=model, cache=cache), fresh],
-        mistakes=_PARTS_MISTAKES,
-        hint="compare your stack with the order asked for: embed, pos_embed, then per layer attention output and MLP output.",
-        success="the parts sum to the final residual",
-    )
-
-
-# 01.2 ---------------------------------------------------------------------------------
-
-
-def _head_reference(model, cache, layer, head):
-    return residual.head_outputs(model, cache, layer)[:, :, head]
-
-
-_HEAD_MISTAKES = {
-    "you added the bias b_O: it belongs to the whole attention layer, not to one head, so leave it out here.": lambda model, cache, layer, head: _head_reference(model, cache, layer, head) + model.b_O[layer],
-    "you used the values (hook_v) before the attention pattern mixes them; use hook_z, the pattern-weighted values.": lambda model, cache, layer, head: cache[f"blocks.{layer}.attn.hook_v"][:, :, head] @ model.W_O[layer, head],
-}
-
-
-def _head_case(seed: int) -> dict:
-    task = _random_task(seed)
-    layer, head = (int(torch.randint(0, n, (1,), generator=task["gen"])) for n in (2, 4))
-    return dict(model=task["model"], cache=task["cache"], layer=layer, head=head)
-
-
-def check_head_output(learner: Callable, model: HookedTransformer, cache: ActivationCache) -> None:
-    """``head_output(model, cache, layer, head)``: one head's write into the residual stream."""
-    cases = [
-        dict(model=model, cache=cache, layer=model.cfg.n_layers - 1, head=0),
-        separating_case(_head_case, _head_reference, _HEAD_MISTAKES.values(), fresh_seed()),
-    ]
-    check_function(
-        "01.2",
-        learner,
-        _head_reference,
-        cases,
-        mistakes=_HEAD_MISTAKES,
-        hint="a head writes z[:, :, head] @ W_O[layer, head]; check the hook name and the head axis.",
-        success="your head outputs match",
-    )
-
-
-# 01.3 ---------------------------------------------------------------------------------
 
 
 def _dla(model, cache, answers, wrong_answers, layer, head, *, scale=True, wrong=True, sign=1.0):
@@ -204,7 +121,7 @@ def check_head_dla(
         separating_case(_dla_case, _dla_reference, _DLA_MISTAKES.values(), fresh_seed()),
     ]
     check_function(
-        "01.3",
+        "01.1",
         learner,
         _dla_reference,
         cases,
@@ -214,139 +131,186 @@ def check_head_dla(
     )
 
 
-# 01.4 ---------------------------------------------------------------------------------
+# 01.2 ---------------------------------------------------------------------------------
 
 
-def _top_grid_cases(dla_grid: Tensor, gen: torch.Generator) -> list[dict]:
-    """The example, then a wide and a tall grid (never square) whose largest |DLA| is negative, each with another k."""
-    cases = [dict(dla_grid=dla_grid, k=3)]
-    for wide in (True, False):
-        a, b = int(torch.randint(2, 5, (1,), generator=gen)), int(torch.randint(1, 4, (1,), generator=gen))
-        shape = (a, a + b) if wide else (a + b, a)
-        grid = torch.randn(shape, generator=gen)
-        top = grid.abs().argmax()
-        grid.view(-1)[top] = -grid.view(-1)[top].abs()  # the strongest head pushes towards the wrong answer
-        k = int(torch.randint(4, 6, (1,), generator=gen)) if wide else 2  # never the example's k = 3
-        cases.append(dict(dla_grid=grid, k=k))
-    return cases
-
-
-def _unflatten(flat: Tensor, width: int) -> list[tuple[int, int]]:
-    return [(int(i) // width, int(i) % width) for i in flat]
-
-
-def check_top_heads(learner: Callable, dla_grid: Float[Tensor, "layer head"]) -> None:
-    """``top_heads(dla_grid, k)``: the k (layer, head) pairs with the largest |DLA|, largest first."""
-    gen = torch.Generator().manual_seed(fresh_seed())
-    cases = _top_grid_cases(dla_grid, gen)
-
-    def signed(dla_grid, k):
-        return _unflatten(dla_grid.flatten().topk(k).indices, dla_grid.shape[1])
-
-    def swapped(dla_grid, k):
-        return [(h, l) for l, h in residual.top_components(dla_grid, k)]
-
-    def smallest(dla_grid, k):
-        return _unflatten(dla_grid.abs().flatten().topk(k, largest=False).indices, dla_grid.shape[1])
-
-    def rows_as_width(dla_grid, k):
-        return _unflatten(dla_grid.abs().flatten().topk(k).indices, dla_grid.shape[0])
-
-    def ascending(dla_grid, k):
-        return residual.top_components(dla_grid, k)[::-1]
-
-    check_function(
-        "01.4",
-        learner,
-        lambda dla_grid, k: residual.top_components(dla_grid, k),
-        cases,
-        mistakes={
-            "rank by absolute value: a head that pushes hard towards the wrong answer (negative DLA) matters as much.": signed,
-            "return (layer, head) pairs: the grid's rows are layers, its columns heads.": swapped,
-            "you returned the smallest |DLA| first; sort descending.": smallest,
-            "you unflattened with the wrong size: in the flattened [layer, head] grid, index i is layer i // n_heads "
-            "(the number of columns, dla_grid.shape[1]) and head i % n_heads.": rows_as_width,
-            "you have the right heads in the wrong order: largest |DLA| first.": ascending,
-        },
-        hint="return a list of k (layer, head) tuples of ints, ordered by |DLA|, largest first.",
-        success="you found the top heads",
-    )
-
-
-# 01.5 ---------------------------------------------------------------------------------
+def _validated_hooks(hooks: object, model: HookedTransformer) -> list[tuple[str, Callable]]:
+    """The learner's hooks as a list of (name, function) pairs, each function guarded against in-place edits."""
+    if not isinstance(hooks, (list, tuple)) or not all(isinstance(h, (list, tuple)) and len(h) == 2 for h in hooks):
+        raise CheckFailed("01.2", f"return a list of (hook name, hook function) pairs, as run_with_hooks takes them, not {type(hooks).__name__}.")
+    out = []
+    for name, fn in hooks:
+        if not isinstance(name, str) or name not in model.hook_dict:
+            raise CheckFailed("01.2", f"the model has no hook point {name!r}; the names are listed in model.hook_dict (section 2's table).")
+        out.append((name, guard_hook("01.2", fn, _IN_PLACE_HINT)))
+    return out
 
 
 _IN_PLACE_HINT = (
-    "your hook edits the residual stream it receives in place: copy it first (`resid = resid.clone()`), "
-    "subtract `part` at `pos` from the copy, and return the copy."
+    "one of your hooks edits the activation it receives in place: copy it first (`resid = resid.clone()`), "
+    "edit the copy and return it."
 )
 
 
-def _logits_with(factory: Callable, model, tokens, part, pos, *, learner: bool = False) -> Tensor:
-    hook = factory(part, pos)
-    if not callable(hook):
-        raise CheckFailed("01.5", f"remove_part_hook must return a hook function, got {type(hook).__name__}.")
+def _direct_diff(factory: Callable, *, model, tokens, cache, answers, wrong_answers, layer, head, learner: bool = False) -> Tensor:
+    """Per-prompt logit difference with the hooks ``factory(model, cache, layer, head)`` active."""
+    hooks = factory(model, cache, layer, head)
     if learner:
-        hook = guard_hook("01.5", hook, _IN_PLACE_HINT)
-    name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-    return model.run_with_hooks(tokens, fwd_hooks=[(name, hook)])
+        hooks = _validated_hooks(hooks, model)
+    return residual.logit_diff(model.run_with_hooks(tokens, fwd_hooks=list(hooks)), answers, wrong_answers)
 
 
-def _everywhere(part, pos):
-    return lambda resid, hook: resid - part[:, None]
+def _final(model) -> str:
+    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
 
 
-def _added(part, pos):
-    return residual.remove_part_hook(-part, pos)
+def _freeze(cache):
+    return ("ln_final.hook_scale", lambda scale, hook=None: cache["ln_final.hook_scale"].clone())
 
 
-def _unchanged(part, pos):
-    return lambda resid, hook: None
+def _whole_output(model, cache, layer, head):
+    out = residual.head_outputs(model, cache, layer)[:, -1, head]
+    return [(_final(model), residual.remove_part_hook(out, -1)), _freeze(cache)]
 
 
-def _at_last(part, pos):
-    return residual.remove_part_hook(part, -1)
+def _scale_recomputed(model, cache, layer, head):
+    return residual.direct_path_hooks(model, cache, layer, head)[:1]
 
 
-def _remove_reference(**c) -> Tensor:
-    return _logits_with(residual.remove_part_hook, **c)
+def _total(model, cache, layer, head):
+    return [(f"blocks.{layer}.attn.hook_z", ablate_head_hook(head, "mean"))]
 
 
-_REMOVE_MISTAKES = {
-    "you subtracted the part at every position; subtract it only at resid[:, pos].": lambda **c: _logits_with(_everywhere, **c),
-    "you added the part instead of subtracting it.": lambda **c: _logits_with(_added, **c),
-    "your hook left the activation unchanged: return the edited tensor (a hook that edits a copy must return it).": lambda **c: _logits_with(_unchanged, **c),
-    "you always edited the last position: subtract `part` at position `pos`, the argument.": lambda **c: _logits_with(_at_last, **c),
+def _too_early(model, cache, layer, head):
+    out = residual.head_outputs(model, cache, layer)[:, -1, head]
+    return [(f"blocks.{layer}.hook_resid_post", residual.remove_part_hook(out - out.mean(0, keepdim=True), -1)), _freeze(cache)]
+
+
+def _mean_over_positions(model, cache, layer, head):
+    out = residual.head_outputs(model, cache, layer)[:, :, head]
+    return [(_final(model), residual.remove_part_hook(out[:, -1] - out.mean(1), -1)), _freeze(cache)]
+
+
+_DIRECT_MISTAKES = {
+    "you removed the head's whole output: that compares it with a zero output, while mean ablation (the total effect) "
+    "compares it with its mean output. With two baselines, direct and total would differ in two ways at once; "
+    "take away only the head's deviation from its mean over the prompts.": lambda **c: _direct_diff(_whole_output, **c),
+    "the final layer norm's scale was recomputed from the edited stream, so your change also rescales every other part: "
+    "freeze it at its clean value (a second hook on ln_final.hook_scale returning the cached scale).": lambda **c: _direct_diff(_scale_recomputed, **c),
+    "that is the total effect: mean-ablating hook_z lets every later layer read the change. The direct path is the "
+    "one from the head straight to the unembedding: edit the final residual stream, after the last layer.": lambda **c: _direct_diff(_total, **c),
+    "you edited the stream right after the head's own layer, so later layers read your change: edit the final "
+    "residual stream (blocks.{last}.hook_resid_post), after the last layer.": lambda **c: _direct_diff(_too_early, **c),
+    "the baseline is the head's mean over the prompts at the same position (as mean ablation uses), not its mean "
+    "over positions.": lambda **c: _direct_diff(_mean_over_positions, **c),
 }
 
 
-def _remove_case(seed: int) -> dict:
+def _direct_reference(**c) -> Tensor:
+    return _direct_diff(residual.direct_path_hooks, **c)
+
+
+def _direct_case(seed: int) -> dict:
     task = _random_task(seed)
-    gen = task["gen"]
-    pos = int(torch.randint(1, task["tokens"].shape[1] - 1, (1,), generator=gen))  # neither the first nor the last
-    return dict(model=task["model"], tokens=task["tokens"], part=torch.randn(4, 32, generator=gen), pos=pos)
+    gen = task.pop("gen")
+    layer, head = (int(torch.randint(0, n, (1,), generator=gen)) for n in (1, 4))  # layer 0: a later layer exists
+    return dict(task, layer=layer, head=head)
 
 
-def check_remove_part_hook(learner: Callable, model: HookedTransformer, tokens: Int[Tensor, "batch pos"], part: Float[Tensor, "batch d_model"]) -> None:
-    """``remove_part_hook(part, pos)`` returns a hook that subtracts ``part`` at position ``pos``."""
+def check_direct_path_hooks(
+    learner: Callable,
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    cache: ActivationCache,
+    answers: Int[Tensor, "batch"],
+    wrong_answers: Int[Tensor, "batch"],
+    layer: int,
+    head: int,
+) -> None:
+    """``direct_path_hooks(model, cache, layer, head)``: run on the model, the logit difference must move by the direct effect only."""
     if not callable(learner):
-        raise CheckFailed("01.5", f"expected a function, got {type(learner).__name__}.")
+        raise CheckFailed("01.2", f"expected a function, got {type(learner).__name__}.")
     cases = [
-        dict(model=model, tokens=tokens, part=part, pos=-1),
-        separating_case(_remove_case, _remove_reference, _REMOVE_MISTAKES.values(), fresh_seed()),
+        dict(model=model, tokens=tokens, cache=cache, answers=answers, wrong_answers=wrong_answers, layer=layer, head=head),
+        separating_case(_direct_case, _direct_reference, _DIRECT_MISTAKES.values(), fresh_seed()),
     ]
     check_function(
-        "01.5",
-        lambda **c: _logits_with(learner, **c, learner=True),
-        _remove_reference,
+        "01.2",
+        lambda **c: _direct_diff(learner, **c, learner=True),
+        _direct_reference,
         cases,
-        mistakes=_REMOVE_MISTAKES,
-        hint="the hook should return the activation with `part` subtracted at position `pos` only.",
-        success="your hook edits the residual stream as asked",
+        mistakes=_DIRECT_MISTAKES,
+        atol=1e-3,
+        hint="with your hooks the logit difference should change by the head's DLA minus the DLA of its mean output, "
+        "and by nothing else: no later layer may see the change, and the final scale stays at its clean value.",
+        success="your hooks change the logit difference by the head's direct effect, against its mean output",
     )
 
 
-# 01.6 ---------------------------------------------------------------------------------
+# 01.3 ---------------------------------------------------------------------------------
+
+DIRECT_VS_TOTAL = {
+    "A": "about the same as the direct drop (within 20%)",
+    "B": "clearly larger than the direct drop (more than 1.2 times it)",
+    "C": "clearly smaller than the direct drop (less than 0.8 times it)",
+}
+
+
+def drops(model: HookedTransformer, tokens, cache, answers, wrong_answers, layer: int, head: int) -> tuple[float, float]:
+    """Mean drop of the logit difference when the head is mean-ablated on its direct path only, and everywhere."""
+    clean = residual.logit_diff(model.run_with_hooks(tokens, fwd_hooks=[]), answers, wrong_answers)
+    direct = residual.logit_diff(model.run_with_hooks(tokens, fwd_hooks=residual.direct_path_hooks(model, cache, layer, head)), answers, wrong_answers)
+    total = residual.logit_diff(model.run_with_hooks(tokens, fwd_hooks=_total(model, cache, layer, head)), answers, wrong_answers)
+    return (clean - direct).mean().item(), (clean - total).mean().item()
+
+
+def check_direct_vs_total(prediction: object, model: HookedTransformer, tokens, cache, answers, wrong_answers) -> None:
+    """Grade a prediction of how the top-DLA head's total drop compares with its direct drop, by running both."""
+    if prediction is None or prediction is Ellipsis:
+        raise CheckFailed("01.3", "no prediction yet: fill in the exercise cell above.")
+    if not isinstance(prediction, str) or prediction.strip().upper() not in DIRECT_VS_TOTAL:
+        raise CheckFailed("01.3", f"give one letter as a string, one of {sorted(DIRECT_VS_TOTAL)}, not {prediction!r}.")
+    layer, head = residual.top_components(residual.head_dla(model, cache, answers, wrong_answers).mean(-1), 1)[0]
+    direct, total = drops(model, tokens, cache, answers, wrong_answers, layer, head)
+    truth = "B" if total > 1.2 * direct else "C" if total < 0.8 * direct else "A"
+    if prediction.strip().upper() == truth:
+        passed("01.3", f"on this model the top head L{layer}H{head}'s total drop is {DIRECT_VS_TOTAL[truth]}. The next cell shows the figures.")
+        return
+    hints = {
+        "B": "every later layer reads what the head writes; when the head is mean-ablated they read something else too, "
+        "and their own pushes on the logits change. Does the direct path capture that?",
+        "C": "later components can make up for part of a loss (as backup heads do), so the total drop can fall short of the direct one.",
+        "A": "on this model, later layers hardly react to the head's change.",
+    }
+    raise CheckFailed("01.3", f"not on this model. {hints[truth]}")
+
+
+# 01.4 ---------------------------------------------------------------------------------
+
+READING_OPTIONS = {
+    "A": "Part of each top head's effect runs through later layers, which the direct path, and so DLA, does not see.",
+    "B": "DLA is wrong here: with the scale frozen it should equal the total effect.",
+    "C": "The top heads write the IO name straight into the logits; later layers add nothing.",
+    "D": "The gap shows that mean ablation and removing the direct path use different baselines.",
+}
+SEALED_READING = (
+    "c1f9eac50ddca93c",
+    "3e5dbdf09cf11d813734acd0729f90d5",
+    "tOMof8xtuz5dJWf3GxBqsEa/DfC7UVhxZVi0A5odysIv62WmqGRkXCuXTGkupkaU6YLppEAd96xE1qDqAfSFZMNIKTwi9BCceIyWDYOQhTy61tp/Y+FmIFtE/ecjTXywXj9oYd1i8y5qBON5zPpU9TfTdmGM9ZwwFPeDxs5j2OnVMnyn63ipammeYAMm9El98s/RI1WRdsMSimtQq7U36A7AJuVPvqgCSbpVILbVwNqbVlnMUPwwxxaxnLUy+l36KGDPdngm35aF3bHHsvp7I27In7moiSRQL1SKeCCRAQMvDmSci4ygVshaYaXRKOWg9eVGcoPa8oOaIMVQfw9LzzwI+rvXFxupQmwlzs/QL3Snwi4l+0WevZPR",
+)
+READING_HINTS = {
+    "B": "DLA measures the direct path by construction (the direct drop reproduced it); the total effect also counts every path through later layers.",
+    "C": "if later layers added nothing, the total drop would equal the direct drop; it is larger for every top head.",
+    "D": "both experiments replace the head's output by the same mean over the prompts; they differ only in what is held fixed.",
+}
+
+
+def check_direct_total_reading(got: object) -> None:
+    """Which reading the direct-versus-total table of toy-lm supports (one letter)."""
+    check_choice("01.4", got, READING_OPTIONS, SEALED_READING, hints=READING_HINTS)
+
+
+# 01.5 ---------------------------------------------------------------------------------
 
 
 def _by_layer(model, cache, answers, wrong_answers, *, scale="frozen", offset=True):
@@ -392,7 +356,7 @@ def check_logit_diff_by_layer(
         separating_case(_by_layer_case, _by_layer_reference, _BY_LAYER_MISTAKES.values(), fresh_seed()),
     ]
     _check(
-        "01.6",
+        "01.5",
         learner,
         _by_layer_reference,
         cases,
