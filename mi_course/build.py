@@ -45,6 +45,7 @@ COURSE = (
     "06_attribution_patching",
     "07_sparse_autoencoders",
     "08_probing_baselines",
+    "09_find_the_circuit",
 )
 SETUP_MARKER = "# Setup: in Colab this installs the course package; elsewhere it does nothing."
 

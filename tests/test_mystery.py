@@ -1,12 +1,16 @@
 """The mystery-model family (issue 16): every key's model has the circuit its truth says, with the
 traps it promises (decoys, backup, split), and the course's own tools recover it.
 
-The reference solution (ACDC plus a role analysis by ablation) lives here, in the tests, not in
-the package: in a graded class it would be the exam's answer one call away.
+The reference solution (ACDC plus a role analysis by ablation) lives in the solution notebook,
+not in the package: in a graded class it would be the exam's answer one call away. The tests run
+its cells on every seed.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import nbformat
 import pytest
 import torch
 
@@ -95,33 +99,26 @@ def test_truth_is_faithful_necessary_and_its_traps_hold(seed, probes):
         assert probe.kept(lay.induction) <= 0.1
 
 
-def solve(probe: Probe, threshold: float = 0.05):
-    """The reference solution: ACDC for the edges, ablations for the roles and the backup's edges."""
-    found = acdc(probe.model, probe.clean, probe.corrupted, probe.metric, threshold, progress=False).circuit
-    scores = probe.scores()
-    looks = {
-        head: ("previous-token" if scores["previous_token"][head] > PATTERN_THRESHOLD else "induction")
-        for head in _heads()
-        if max(scores["previous_token"][head], scores["induction"][head]) > PATTERN_THRESHOLD
-    }
-    roles = {mystery._name(h): "idle" for h in _heads()}
-    used = {head for head in looks if mystery._name(head) in found.nodes}
-    for head in used:
-        roles[mystery._name(head)] = looks[head]
-    edges = set(found.edges)
-    inductions = [h for h in used if looks[h] == "induction"]
-    previous = [h for h in used if looks[h] == "previous-token"]
-    for head in set(_heads()) - used:
-        # a head ACDC dropped (silent while the induction head works) that covers for it: a backup
-        backs_up = [i for i in inductions if probe.kept([i, head]) < probe.kept([i]) - 0.5]
-        if backs_up:
-            roles[mystery._name(head)] = "backup"
-            b, i, p = mystery._name(head), mystery._name(backs_up[0]), mystery._name(previous[0])
-            edges |= {Edge(p, f"{b}.k"), Edge(i, f"{b}.q"), Edge(b, "logits")}
-            edges |= {Edge("embed", f"{b}.{x}") for x in "qkv"}
-        elif head in looks:  # looks like a role, does nothing
-            roles[mystery._name(head)] = "decoy"
-    return edges, roles
+NOTEBOOK = Path(__file__).resolve().parents[1] / "solutions" / "09_find_the_circuit.ipynb"
+
+
+def _cells(*ids: str) -> list[str]:
+    """Source of the solution notebook's cells, IPython magics left out."""
+    by_id = {cell.id: cell.source for cell in nbformat.read(NOTEBOOK, as_version=4).cells}
+    return ["\n".join(l for l in by_id[i].splitlines() if not l.startswith("%")) for i in ids]
+
+
+REFERENCE_SOLUTION = _cells("nb09-imports", "nb09-kept", "nb09-ex1", "nb09-ex2")
+
+
+def solve(probe: Probe) -> tuple[set[Edge], dict[str, str]]:
+    """Notebook 09's reference solution (ACDC, then a role analysis by ablation) on a probe's model."""
+    namespace = {}
+    exec(REFERENCE_SOLUTION[0], namespace)
+    namespace.update(model=probe.model, clean=probe.clean, corrupted=probe.corrupted, metric=probe.metric, scores=probe.scores())
+    for source in REFERENCE_SOLUTION[1:]:
+        exec(source, namespace)
+    return {Edge(*edge.split("->")) for edge in namespace["my_circuit"]}, namespace["my_roles"]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -213,3 +210,32 @@ def test_rosters_one_id_per_line_and_duplicates(tmp_path):
     (tmp_path / "d.txt").write_text("s1\nS1\n")
     with pytest.raises(ValueError, match="twice"):
         mystery.read_roster(tmp_path / "d.txt")
+
+
+def test_the_solution_notebook_solves_a_graded_model(tmp_path, monkeypatch):
+    """The reference solution on a graded model (HMAC layout, file from the instructor's command):
+    every check records its answer, and the grader's scoring gives full marks."""
+    from nbclient import NotebookClient
+
+    from mi_course.checks import nb09
+
+    secret, sid = "a course secret for the test", "graded-student-7"
+    mystery.write_class(secret, [sid], tmp_path / "models")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in nb.cells:
+        if cell.id == "nb09-student":
+            cell.source = cell.source.replace('STUDENT_ID = "self-study"', f'STUDENT_ID = "{sid}"')
+    monkeypatch.setenv(mystery.DIR_ENV, str(tmp_path / "models"))
+    monkeypatch.setenv("MI_COURSE_VIZ", "static")
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    stdout = {
+        cell.metadata["mi_course"]["exercise"]: "".join(o.get("text", "") for o in cell.outputs if o.get("name") == "stdout")
+        for cell in nb.cells
+        if cell.metadata.get("mi_course", {}).get("role") == "check"
+    }
+    said = "".join(o.get("text", "") for c in nb.cells if c.id == "nb09-student" for o in c.outputs)
+    assert "Graded model" in said
+    assert all(f"✓ Exercise {ex} passed" in out for ex, out in stdout.items()), stdout
+    assert nb09.submitted_student_id(c.source for c in nb.cells if c.cell_type == "code") == sid
+    scores = nb09.score_submission(stdout, sid, secret)
+    assert scores["09.1"].fraction == 1.0 and scores["09.2"].fraction == 1.0
