@@ -33,7 +33,7 @@ __all__ = [
 # The course's own implementation of each exercise: exercise code that calls one is flagged in the
 # gradebook for the instructor to review (the grader reads this literal without importing the module).
 REFERENCES: dict[str, tuple[str, ...]] = {
-    "00.3": ("mi_course.checks.nb00.normalised", "mi_course.tasks.Task.normalised_metric"),
+    "00.3": ("mi_course.checks.nb00.normalised",),
 }
 
 # ---------------------------------------------------------------- 00.1 four definitions
