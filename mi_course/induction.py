@@ -22,7 +22,10 @@ from transformer_lens import HookedTransformer
 __all__ = [
     "SCORE_NAMES",
     "ablation_hooks",
+    "attention_pattern",
     "composition_baseline",
+    "composition_scores",
+    "corrupt_repeat",
     "diagonal_argmax_fraction",
     "duplicate_token_score",
     "find_heads",
@@ -30,10 +33,12 @@ __all__ = [
     "head_copying_score",
     "head_scores",
     "induction_score",
+    "input_patch_kept",
     "k_composed_qk",
     "k_composition_qk_circuit",
     "k_composition_score",
     "k_composition_scores",
+    "kept_share",
     "mask_scores",
     "ov_circuit",
     "per_token_loss",
@@ -42,6 +47,7 @@ __all__ = [
     "qk_circuit",
     "random_causal_patterns",
     "repeat_loss",
+    "repeat_loss_metric",
     "repeated_tokens",
     "resample_ablate",
     "resample_hook",
@@ -96,15 +102,44 @@ def per_token_loss(model: HookedTransformer, tokens: Int[Tensor, "batch pos"]) -
     return -logprobs[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
 
 
-def repeat_loss(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], seq_len: int, fwd_hooks=()) -> float:
-    """Mean loss on the predictable part of the repeat (its tokens 2 ... seq_len), hooks applied.
+def repeat_loss_metric(tokens: Int[Tensor, "batch pos"], seq_len: int) -> Callable[[Tensor], Tensor]:
+    """A metric (logits -> 0-d tensor) for `mi_course.patching`: the mean loss on the repeat's tokens 2 ... seq_len.
 
     The first token of the repeat is left out: nothing earlier says it comes next.
     """
+
+    def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Tensor:
+        logprobs = logits[:, seq_len + 1 : -1].log_softmax(-1)
+        return -logprobs.gather(-1, tokens[:, seq_len + 2 :, None].to(logits.device)).mean()
+
+    return metric
+
+
+def repeat_loss(model: HookedTransformer, tokens: Int[Tensor, "batch pos"], seq_len: int, fwd_hooks=()) -> float:
+    """Mean loss on the predictable part of the repeat (its tokens 2 ... seq_len), hooks applied."""
     with torch.no_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
-    logprobs = logits[:, seq_len + 1 : -1].log_softmax(-1)
-    return -logprobs.gather(-1, tokens[:, seq_len + 2 :, None]).mean().item()
+    return repeat_loss_metric(tokens, seq_len)(logits).item()
+
+
+def kept_share(clean: float | Tensor, intervened: float | Tensor, baseline: float | Tensor) -> float | Tensor:
+    """The course's normalised metric: 1 = the clean behaviour, 0 = the baseline (behaviour removed).
+
+    ``1 - mi_course.patching.normalised_effect``; works elementwise on tensors of results too.
+    """
+    return (intervened - baseline) / (clean - baseline)
+
+
+def corrupt_repeat(tokens: Int[Tensor, "batch pos"], seq_len: int, seed: int = 0) -> Int[Tensor, "batch pos"]:
+    """A corrupted batch for patching an induction circuit: each sequence replaced by another one of the batch.
+
+    Every token (hence what a previous-token head writes about it) comes from another random
+    run, while each corrupted input is still a realistic one. Uses
+    `mi_course.patching.resample_index`, so the batch needs at least 2 sequences.
+    """
+    from mi_course.patching import resample_index
+
+    return tokens[resample_index(tokens.shape[0], seed=seed).to(tokens.device)].clone()
 
 
 def resample_ablate(
@@ -138,6 +173,21 @@ def ablation_hooks(heads: list[tuple[int, int]], how: str, source: Int[Tensor, "
 
 
 # --- attention-pattern scores -----------------------------------------------------------
+
+
+def attention_pattern(
+    q: Float[Tensor, "batch pos head d_head"], k: Float[Tensor, "batch pos head d_head"]
+) -> Float[Tensor, "batch head q k"]:
+    """Causal attention pattern from queries and keys, as a TransformerLens head computes it.
+
+    Scores ``q . k / sqrt(d_head)``; a query sees only keys at its own position or before
+    (the others get ``-inf``); a softmax over the keys turns each row into a distribution.
+    """
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / q.shape[-1] ** 0.5
+    n_pos = q.shape[1]
+    causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+
 
 
 def previous_token_score(pattern: Float[Tensor, "batch head q k"]) -> Float[Tensor, "head"]:
@@ -353,25 +403,67 @@ def k_composition_score(W_QK: Float[Tensor, "d_model d_model"], W_OV: Float[Tens
     return (torch.linalg.matrix_norm(W_QK @ W_OV.T) / (torch.linalg.matrix_norm(W_QK) * torch.linalg.matrix_norm(W_OV))).item()
 
 
-def k_composition_scores(model: HookedTransformer) -> Float[Tensor, "layer1 head1 layer2 head2"]:
-    """K-composition score of every (earlier head, later head) pair; 0 where layer2 <= layer1.
+def composition_scores(model: HookedTransformer, kind: str) -> Float[Tensor, "layer1 head1 layer2 head2"]:
+    """Q-, K- or V-composition score of every (earlier head, later head) pair; 0 where layer2 <= layer1.
 
-    Same value as `k_composition_score` per pair, computed from ``d_head x d_head`` Gram
-    matrices (``|A|_F^2 = tr(A A^T)``), so that GPT-2's 144 x 144 pairs take a moment.
+    How much the later head's queries (``kind="q"``), keys (``"k"``) or values (``"v"``) read
+    what the earlier head writes (Elhage et al. 2021): ``|A B| / (|A| |B|)`` (Frobenius norms)
+    with ``A = W_OV`` of the earlier head and ``B`` the later head's ``W_QK`` (q), ``W_QK^T``
+    (k) or ``W_OV`` (v), in the row-vector convention. Computed from ``d_head x d_head`` Gram
+    matrices (``|X|_F^2 = tr(X^T X)``), so that GPT-2's 144 x 144 pairs take a moment.
     """
+    if kind not in ("q", "k", "v"):
+        raise ValueError(f"kind must be 'q', 'k' or 'v', not {kind!r}.")
     with torch.no_grad():
         W_Q, W_K, W_V, W_O = model.W_Q, model.W_K, model.W_V, model.W_O  # [L, H, d_model, d_head] / [L, H, d_head, d_model]
-        gram_q, gram_k, gram_v = (W.transpose(-1, -2) @ W for W in (W_Q, W_K, W_V))  # [L, H, d_head, d_head]
+        # the later head's B = X Y^T: X reads the earlier head's output, Y is its other factor
+        X, Y = {"q": (W_Q, W_K), "k": (W_K, W_Q), "v": (W_V, W_O.transpose(-1, -2))}[kind]
+        gram_v = W_V.transpose(-1, -2) @ W_V  # [L, H, d_head, d_head]
         gram_o = W_O @ W_O.transpose(-1, -2)
-        qk_norm2 = (gram_q * gram_k).sum(dim=(-2, -1))  # tr(G_Q G_K), both symmetric
-        ov_norm2 = (gram_v * gram_o).sum(dim=(-2, -1))
-        # |W_Q1' W_K2^T W_O1^T W_V1^T|_F^2 = tr(M G_V1 M^T G_Q2) with M = (W_O1 W_K2)^T: [L1, H1, L2, H2, d_head, d_head]
-        M = torch.einsum("lhrd,mgds->lhmgsr", W_O, W_K)
-        composed2 = torch.einsum("lhmgsr,lhrt,lhmgut,mgsu->lhmg", M, gram_v, M, gram_q)
-        scores = (composed2.clamp(min=0) / (ov_norm2[:, :, None, None] * qk_norm2[None, None])).sqrt()
+        gram_x, gram_y = X.transpose(-1, -2) @ X, Y.transpose(-1, -2) @ Y
+        ov_norm2 = (gram_v * gram_o).sum(dim=(-2, -1))  # |W_V W_O|^2 = tr(G_V G_O), both symmetric
+        later_norm2 = (gram_x * gram_y).sum(dim=(-2, -1))  # |X Y^T|^2
+        # |W_V1 M Y2^T|^2 = tr(M^T G_V1 M G_Y2) with M = W_O1 X2: [L1, H1, L2, H2, d_head, d_head]
+        M = torch.einsum("lhrd,mgds->lhmgrs", W_O, X)
+        composed2 = torch.einsum("lhmgrs,lhrt,lhmgtu,mgus->lhmg", M, gram_v, M, gram_y)
+        scores = (composed2.clamp(min=0) / (ov_norm2[:, :, None, None] * later_norm2[None, None])).sqrt()
     L = model.cfg.n_layers
     later = torch.arange(L)[:, None, None, None] < torch.arange(L)[None, None, :, None]
     return torch.where(later.to(scores.device), scores, torch.zeros_like(scores)).cpu()
+
+
+def k_composition_scores(model: HookedTransformer) -> Float[Tensor, "layer1 head1 layer2 head2"]:
+    """K-composition score of every (earlier head, later head) pair (`composition_scores` with ``"k"``)."""
+    return composition_scores(model, "k")
+
+
+def input_patch_kept(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch pos"],
+    seq_len: int,
+    senders: Sequence[tuple[int, int]],
+    receiver: tuple[int, int],
+    baseline: float,
+) -> dict[str, float]:
+    """Patch the edges ``senders -> receiver`` into the receiver's query, key or value input, one input at a time.
+
+    Each edge carries the sender's output on ``corrupted`` instead of ``tokens`` (edge patching,
+    `mi_course.circuits`); everything else is the clean run. Returns, for ``"q"``, ``"k"`` and
+    ``"v"``, the loss on the repeat as the normalised metric `kept_share` (1 = clean, 0 = ``baseline``).
+    """
+    from mi_course.circuits import Edge, run_with_edges_patched, sender_outputs
+
+    metric = repeat_loss_metric(tokens, seq_len)
+    with torch.no_grad():
+        clean = metric(model(tokens)).item()
+        outputs = sender_outputs(model, corrupted)
+        kept = {}
+        for kind in "qkv":
+            edges = [Edge(f"L{l}H{h}", f"L{receiver[0]}H{receiver[1]}.{kind}") for l, h in senders]
+            logits = run_with_edges_patched(model, tokens, None, edges, corrupted_outputs=outputs)
+            kept[kind] = float(kept_share(clean, metric(logits).item(), baseline))
+    return kept
 
 
 def composition_baseline(d_model: int, d_head: int, n: int = 200, seed: int = 0) -> Float[Tensor, "n"]:

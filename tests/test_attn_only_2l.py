@@ -85,3 +85,37 @@ def test_the_induction_does_not_depend_on_a_fixed_period(model):
     # With <bos> first, positions 42..52 hold copies of 9..19 that follow a copied token;
     # losses[:, p] is the loss of predicting position p + 1.
     assert losses[:, 41:52].mean() < 1.0 < losses[:, 20:40].mean()
+
+
+def _found_heads(model, tokens):
+    """The strongest previous-token head (layer 0) and the induction heads (layer 1, score >= 0.3), strongest first."""
+    previous, induction_scores = head_scores(model, tokens)
+    heads = sorted((h for h in range(model.cfg.n_heads) if induction_scores[h] >= 0.3), key=lambda h: -induction_scores[h])
+    return (0, int(previous.argmax())), [(1, h) for h in heads]
+
+
+def test_per_head_ablation_needs_the_previous_token_head_but_no_single_induction_head(model, tokens):
+    """Mean and resample ablation of each head alone (kept share: 1 = clean, 0 = first-half loss)."""
+    from mi_course import induction
+    from mi_course.patching import ablation_sweep
+
+    tokens = tokens[:64]
+    prev, ind = _found_heads(model, tokens)
+    first, clean = half_losses(model(tokens), tokens)
+    metric = induction.repeat_loss_metric(tokens, HALF)
+    for mode in ("mean", "resample"):
+        kept = induction.kept_share(clean, ablation_sweep(model, tokens, metric, "z", by=("layer", "head"), mode=mode, progress=False), first)
+        assert kept[prev] < 0.2
+        assert len(ind) >= 2 and min(kept[head] for head in ind) > 0.75  # they back each other up
+    together = induction.repeat_loss(model, tokens, HALF, induction.ablation_hooks(ind, "mean"))
+    assert induction.kept_share(clean, together, first) < 0.2
+
+
+def test_the_previous_token_head_feeds_the_induction_head_through_its_keys(model, tokens):
+    from mi_course import induction
+
+    tokens = tokens[:64]
+    prev, ind = _found_heads(model, tokens)
+    first, _ = half_losses(model(tokens), tokens)
+    kept = induction.input_patch_kept(model, tokens, tokens.roll(1, dims=0), HALF, [prev], ind[0], first)
+    assert kept["k"] < 0.5 and kept["q"] > 0.8 and kept["v"] > 0.9

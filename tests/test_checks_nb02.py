@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -26,69 +28,71 @@ def stub(*args, **kwargs):
 
 # ---------------------------------------------------------------- 02.1
 
-
-def previous_by_loop(pattern):
-    """Correct, written differently: gather the [q, q - 1] entries with index tensors."""
-    q = torch.arange(1, pattern.shape[-1])
-    return pattern[:, :, q, q - 1].mean(-1).mean(0)
+_gq = torch.Generator().manual_seed(3)
+QK_ACTS = dict(q=torch.randn(2, 7, 3, 5, generator=_gq), k=torch.randn(2, 7, 3, 5, generator=_gq))
 
 
-def test_previous_token_reference_and_alternative_pass(capsys):
-    nb02.check_previous_token_score(induction.previous_token_score, PATTERN)
-    nb02.check_previous_token_score(previous_by_loop)
-    assert capsys.readouterr().out.count("✓ Exercise 02.1 passed") == 2
+def pattern_by_loop(q, k):
+    """Correct, written differently: softmax of each query's row over the keys up to it, zeros after."""
+    batch, n_pos, heads, d_head = q.shape
+    out = torch.zeros(batch, heads, n_pos, n_pos)
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(n_pos):
+                scores = k[b, : i + 1, h] @ q[b, i, h] / math.sqrt(d_head)
+                out[b, h, i, : i + 1] = scores.softmax(0)
+    return out
+
+
+def pattern_renormalised(q, k):
+    """Correct, written differently: softmax over all keys, zero the future, renormalise each row."""
+    p = torch.einsum("bqhd,bkhd->bhqk", q, k).div(q.shape[-1] ** 0.5).softmax(-1).tril()
+    return p / p.sum(-1, keepdim=True)
+
+
+def test_attention_pattern_reference_and_alternatives_pass(capsys):
+    nb02.check_attention_pattern(induction.attention_pattern, QK_ACTS)
+    nb02.check_attention_pattern(pattern_by_loop)
+    nb02.check_attention_pattern(pattern_renormalised)
+    assert capsys.readouterr().out.count("✓ Exercise 02.1 passed") == 3
+
+
+def test_attention_pattern_reference_matches_transformer_lens():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_ctx=12, d_head=4, n_heads=3, d_vocab=20, attn_only=True, act_fn=None, seed=1)
+    model = HookedTransformer(cfg)
+    _, cache = model.run_with_cache(torch.randint(0, 20, (2, 9), generator=torch.Generator().manual_seed(0)))
+    assert torch.allclose(induction.attention_pattern(cache["q", 0], cache["k", 0]), cache["pattern", 0], atol=1e-6)
+
+
+def _scaled(q, k, scale):
+    return torch.einsum("bqhd,bkhd->bhqk", q, k) / scale
+
+
+def _future(q):
+    return torch.ones(q.shape[1], q.shape[1], dtype=torch.bool).triu(1)
 
 
 @pytest.mark.parametrize(
     "wrong, hint",
     [
-        (lambda pattern: pattern.diagonal(dim1=-2, dim2=-1).mean(dim=(0, -1)), "you read the main diagonal"),
-        (lambda pattern: pattern.diagonal(offset=-1, dim1=-1, dim2=-2).mean(dim=(0, -1)), "diagonal above the main one"),
-        (lambda pattern: pattern.diagonal(offset=-1, dim1=-2, dim2=-1)[..., 1:].mean(dim=(0, -1)), "you left out query 1"),
-        (lambda pattern: pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(1, -1)), "keep the head axis"),
-        (lambda pattern: pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean(), "keep the head axis"),
+        (lambda q, k: _scaled(q, k, 1.0).masked_fill(_future(q), float("-inf")).softmax(-1), "not scaled"),
+        (lambda q, k: _scaled(q, k, q.shape[-1]).masked_fill(_future(q), float("-inf")).softmax(-1), "divided by d_head itself"),
+        (lambda q, k: _scaled(q, k, q.shape[-1] ** 0.5).masked_fill(_future(q).T, float("-inf")).softmax(-1), "wrong side"),
+        (lambda q, k: _scaled(q, k, q.shape[-1] ** 0.5).masked_fill(_future(q), float("-inf")).softmax(-2), "over the queries"),
+        (lambda q, k: _scaled(q, k, q.shape[-1] ** 0.5).softmax(-1).masked_fill(_future(q), 0.0), "masked after the softmax"),
+        (lambda q, k: _scaled(q, k, q.shape[-1] ** 0.5).masked_fill(_future(q), float("-inf")).softmax(-1).transpose(-1, -2), "transposed"),
+        (lambda q, k: _scaled(q, k, q.shape[-1] ** 0.5).masked_fill(_future(q) | torch.eye(q.shape[1], dtype=torch.bool), float("-inf")).softmax(-1), "keep the diagonal"),
+        (lambda q, k: torch.einsum("bqhd,bkhd->bqhk", q, k).div(q.shape[-1] ** 0.5).softmax(-1), "[batch, head, query, key]"),
         (stub, "not implemented yet"),
     ],
 )
-def test_previous_token_mistakes(wrong, hint):
-    assert_never_passes(nb02.check_previous_token_score, wrong, PATTERN, hint=hint)  # in none of 300 draws of fresh inputs
+def test_attention_pattern_mistakes(wrong, hint):
+    assert_never_passes(nb02.check_attention_pattern, wrong, QK_ACTS, hint=hint)  # in none of 300 draws of fresh inputs
 
 
 # ---------------------------------------------------------------- 02.2
-
-
-def duplicate_by_loop(pattern, seq_len):
-    """Correct, written differently: an explicit loop over the repeat's queries."""
-    total = torch.zeros(pattern.shape[1])
-    for q in range(seq_len + 1, 2 * seq_len + 1):
-        total += pattern[:, :, q, q - seq_len].mean(0)
-    return total / seq_len
-
-
-def test_duplicate_token_reference_and_alternative_pass(capsys):
-    nb02.check_duplicate_token_score(induction.duplicate_token_score, REPEAT)
-    nb02.check_duplicate_token_score(duplicate_by_loop)
-    assert capsys.readouterr().out.count("✓ Exercise 02.2 passed") == 2
-
-
-def test_duplicate_token_example_answer():
-    assert induction.duplicate_token_score(**REPEAT).argmax() == 1  # head 1 is the duplicate-token head
-
-
-@pytest.mark.parametrize(
-    "wrong, hint",
-    [
-        (lambda pattern, seq_len: induction.induction_score(pattern, seq_len), "(that is the induction score)"),
-        (lambda pattern, seq_len: pattern.diagonal(-seq_len, -2, -1).mean(dim=(0, -1)), "you included the BOS column"),
-        (lambda pattern, seq_len: pattern.diagonal(-seq_len - 1, -2, -1)[..., -seq_len:].mean(dim=(0, -1)), "seq_len + 1"),
-        (lambda pattern, seq_len: pattern.diagonal(-seq_len, -2, -1)[..., -seq_len:].mean(dim=(1, -1)), "keep the head axis"),
-    ],
-)
-def test_duplicate_token_mistakes(wrong, hint):
-    assert_never_passes(nb02.check_duplicate_token_score, wrong, REPEAT, hint=hint)  # in none of 300 draws of fresh inputs
-
-
-# ---------------------------------------------------------------- 02.3
 
 
 def induction_by_mask(pattern, seq_len):
@@ -103,7 +107,7 @@ def induction_by_mask(pattern, seq_len):
 def test_induction_reference_and_alternative_pass(capsys):
     nb02.check_induction_score(induction.induction_score, REPEAT)
     nb02.check_induction_score(induction_by_mask)
-    assert capsys.readouterr().out.count("✓ Exercise 02.3 passed") == 2
+    assert capsys.readouterr().out.count("✓ Exercise 02.2 passed") == 2
 
 
 @pytest.mark.parametrize(
@@ -124,90 +128,7 @@ def test_induction_mistakes(wrong, hint):
     assert_never_passes(nb02.check_induction_score, wrong, REPEAT, hint=hint)  # in none of 300 draws of fresh inputs
 
 
-# ---------------------------------------------------------------- 02.4
-
-Z = dict(z=torch.randn(4, 3, 2, 5, generator=torch.Generator().manual_seed(0)), head=1, source=torch.tensor([1, 2, 3, 0]))
-
-
-def resample_other(z, head, source):
-    """Correct, written differently: index_select and torch.where on a new tensor."""
-    mask = torch.zeros(z.shape[2], dtype=torch.bool)
-    mask[head] = True
-    return torch.where(mask[None, None, :, None], z.index_select(0, source), z)
-
-
-def resample_in_place(z, head, source):
-    """Right values, but edits the argument in place: the exercise asks for a copy."""
-    z[:, :, head] = z.index_select(0, source)[:, :, head].clone()
-    return z
-
-
-def test_resample_reference_and_alternative_pass(capsys):
-    nb02.check_resample_ablate(induction.resample_ablate, Z)
-    nb02.check_resample_ablate(resample_other)
-    assert capsys.readouterr().out.count("✓ Exercise 02.4 passed") == 2
-
-
-def test_resample_in_place_fails_and_leaves_the_example_alone():
-    example = dict(z=Z["z"].clone(), head=1, source=Z["source"].clone())
-    fails_with(nb02.check_resample_ablate, resample_in_place, example, hint="changed `z` in place")
-    assert torch.equal(example["z"], Z["z"])
-
-
-def test_resample_leaves_other_heads():
-    out = induction.resample_ablate(**Z)
-    assert torch.equal(out[:, :, 0], Z["z"][:, :, 0])
-    assert torch.equal(out[0, :, 1], Z["z"][1, :, 1])
-
-
-@pytest.mark.parametrize(
-    "wrong, hint",
-    [
-        (nb02._scatter, "you scattered instead of gathering"),
-        (nb02._every_head, "you resampled every head"),
-        (nb02._mean, "that is mean ablation"),
-        (nb02._zero, "that is zero ablation"),
-        (resample_in_place, "changed `z` in place"),
-        (lambda z, head, source: induction.resample_ablate(z, head, source.argsort()), "scattered instead of gathering"),
-        (lambda z, head, source: induction.resample_ablate(z, (head + 1) % z.shape[2], source), None),
-    ],
-)
-def test_resample_mistakes(wrong, hint):
-    assert_never_passes(nb02.check_resample_ablate, wrong, Z, hint=hint)  # in none of 300 draws of fresh inputs
-
-
-# ---------------------------------------------------------------- 02.5
-
-OV = dict(full_ov=torch.eye(6) + 0.1 * torch.randn(6, 6, generator=torch.Generator().manual_seed(1)))
-
-
-def copying_by_loop(full_ov):
-    """Correct, written differently: compares each diagonal entry with its row's maximum."""
-    hits = sum(bool(full_ov[i, i] >= full_ov[i].max()) for i in range(full_ov.shape[0]))
-    return torch.tensor(hits / full_ov.shape[0])
-
-
-def test_copying_reference_and_alternative_pass(capsys):
-    nb02.check_copying_score(lambda full_ov: induction.diagonal_argmax_fraction(full_ov), OV)
-    nb02.check_copying_score(copying_by_loop)
-    assert capsys.readouterr().out.count("✓ Exercise 02.5 passed") == 2
-
-
-@pytest.mark.parametrize(
-    "wrong, hint",
-    [
-        (lambda full_ov: (full_ov.argmax(0) == torch.arange(len(full_ov))).float().mean(), "argmax down each column"),
-        (lambda full_ov: int((full_ov.argmax(-1) == torch.arange(len(full_ov))).sum()), "that is a count"),
-        (lambda full_ov: (full_ov.diagonal() > 0).float().mean(), "a positive own logit is not enough"),
-        (lambda full_ov: (full_ov.diagonal() > full_ov.mean(-1)).float().mean(), "row's mean"),
-        (lambda full_ov: (full_ov.argmax(-1) == torch.arange(len(full_ov))).float().sum() / (len(full_ov) + 1), None),
-    ],
-)
-def test_copying_mistakes(wrong, hint):
-    assert_never_passes(nb02.check_copying_score, wrong, OV, hint=hint)  # in none of 300 draws of fresh inputs
-
-
-# ---------------------------------------------------------------- 02.6
+# ---------------------------------------------------------------- 02.3
 
 _g = torch.Generator().manual_seed(2)
 QK = dict(W_E=torch.randn(5, 4, generator=_g), W_QK=torch.randn(4, 4, generator=_g), W_OV=torch.randn(4, 4, generator=_g))
@@ -221,7 +142,7 @@ def composed_by_einsum(W_E, W_QK, W_OV):
 def test_composed_qk_reference_and_alternative_pass(capsys):
     nb02.check_k_composed_qk(induction.k_composed_qk, QK)
     nb02.check_k_composed_qk(composed_by_einsum)
-    assert capsys.readouterr().out.count("✓ Exercise 02.6 passed") == 2
+    assert capsys.readouterr().out.count("✓ Exercise 02.3 passed") == 2
 
 
 def test_composed_qk_matches_package_on_a_model():
@@ -245,3 +166,118 @@ def test_composed_qk_matches_package_on_a_model():
 )
 def test_composed_qk_mistakes(wrong, hint):
     assert_never_passes(nb02.check_k_composed_qk, wrong, QK, hint=hint)  # in none of 300 draws of fresh inputs
+
+
+# ---------------------------------------------------------------- 02.4
+
+
+def test_kqv_prediction_accepts_the_key_only(capsys):
+    nb02.check_kqv_prediction({"K"})
+    nb02.check_kqv_prediction(["k"])
+    assert capsys.readouterr().out.count("✓ Exercise 02.4 passed") == 2
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        ({"Q"}, "the query sits at the current token"),
+        ({"V"}, "what it copies is the token at that position"),
+        ({"Q", "K"}, "the query sits at the current token"),
+        (set(), "how does it know which token came before it"),
+        (None, "no answer yet"),
+        ("K", "give a set of letters"),
+        ({"X"}, "unknown option"),
+    ],
+)
+def test_kqv_prediction_wrong_answers(wrong, hint):
+    fails_with(lambda learner, example: nb02.check_kqv_prediction(learner), wrong, hint=hint)
+
+
+# ---------------------------------------------------------------- 02.5
+
+
+@pytest.fixture(scope="module")
+def attn_only():
+    """attn-only-2l with its found heads, a repeated batch and its first-half loss."""
+    import mi_course
+
+    torch.set_grad_enabled(False)
+    model = mi_course.load_model("attn-only-2l")
+    model.process_weights_()
+    tokens = induction.repeated_tokens(model, 20, n=16, seed=0)
+    scores = induction.head_scores(model, tokens, 20)
+    previous = induction.find_heads(scores["previous_token"], 0.3, layers=[0])
+    strongest = induction.find_heads(scores["induction"], 0.3, layers=[1])[0]
+    first_half = induction.per_token_loss(model, tokens)[:, 1:20].mean().item()
+    return dict(model=model, tokens=tokens, seq_len=20, senders=previous, receiver=strongest, baseline=first_half)
+
+
+def check_design(learner, setup):
+    nb02.check_corruption(learner, setup["model"], setup["tokens"], setup["seq_len"], setup["senders"], setup["receiver"], setup["baseline"])
+
+
+def shuffle_runs(tokens, seq_len, seed):
+    """Correct, written differently: each sequence's run shuffled within itself (and repeated)."""
+    g = torch.Generator().manual_seed(seed)
+    out = tokens.clone()
+    for row in out:
+        run = row[1 : seq_len + 1][torch.randperm(seq_len, generator=g)]
+        row[1 : seq_len + 1], row[seq_len + 1 :] = run, run
+    return out
+
+
+def test_corruption_reference_and_alternatives_pass(attn_only, capsys):
+    check_design(induction.corrupt_repeat, attn_only)
+    check_design(lambda tokens, seq_len, seed: tokens.roll(1, dims=0), attn_only)
+    check_design(shuffle_runs, attn_only)
+    assert capsys.readouterr().out.count("✓ Exercise 02.5 passed") == 3
+
+
+def second_half_only(tokens, seq_len, seed):
+    out = tokens.clone()
+    out[:, seq_len + 1 :] = tokens.roll(1, dims=0)[:, seq_len + 1 :]
+    return out
+
+
+def in_place(tokens, seq_len, seed):
+    tokens[:] = tokens.roll(1, dims=0)
+    return tokens
+
+
+def unseeded(tokens, seq_len, seed):
+    return tokens[torch.randperm(len(tokens))]
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (second_half_only, "too few tokens of the first run change"),
+        (lambda tokens, seq_len, seed: tokens.clone(), "too few tokens of the first run change"),
+        (lambda tokens, seq_len, seed: tokens[:, : seq_len + 1].clone(), "must have the clean one's length"),
+        (lambda tokens, seq_len, seed: torch.cat([tokens[:, :1], tokens[:, 1:].roll(1, dims=0)[:, :1].expand(-1, 2 * seq_len)], 1), "repeats the same few tokens"),
+        (lambda tokens, seq_len, seed: torch.where(torch.arange(tokens.shape[1]) < seq_len + 1, tokens[0, 0], tokens), "contain the BOS token"),
+        (lambda tokens, seq_len, seed: tokens.roll(1, dims=1), "keep the first token"),
+        (lambda tokens, seq_len, seed: tokens.float(), "integer token ids"),
+        (lambda tokens, seq_len, seed: tokens.tolist(), "must return a tensor"),
+        (in_place, "in place"),
+        (unseeded, "same seed"),
+        (stub, "not implemented yet"),
+    ],
+)
+def test_corruption_mistakes(attn_only, wrong, hint):
+    with pytest.raises(CheckFailed) as err:
+        check_design(wrong, attn_only)
+    assert hint in err.value.hint, err.value.hint
+
+
+def test_corruption_on_a_model_without_the_behaviour_checks_validity_only(capsys):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=24, d_head=4, n_heads=2, d_vocab=40, attn_only=True, act_fn=None, seed=0)
+    model = HookedTransformer(cfg)
+    tokens = induction.repeated_tokens(model, 10, n=6, seed=0)
+    baseline = induction.per_token_loss(model, tokens)[:, 1:10].mean().item()
+    nb02.check_corruption(induction.corrupt_repeat, model, tokens, 10, [(0, 0)], (1, 0), baseline)
+    assert "checked for validity only" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match="too few tokens"):
+        nb02.check_corruption(second_half_only, model, tokens, 10, [(0, 0)], (1, 0), baseline)

@@ -211,3 +211,72 @@ def test_find_heads_layers_and_fallback(capsys):
     assert "L1H0" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no layer"):
         induction.find_heads(scores, 0.99, layers=range(0), fallback="induction")
+
+
+@pytest.mark.parametrize("kind", ["q", "k", "v"])
+def test_composition_scores_match_transformer_lens_and_a_direct_computation(random_model, kind):
+    m = random_model
+    ours = induction.composition_scores(m, kind)
+    assert torch.allclose(ours, m.all_composition_scores(kind.upper()), atol=1e-5)
+    ov, qk = induction.ov_circuit(m, 0, 2), induction.qk_circuit(m, 1, 1)  # direct: |A B| / (|A| |B|)
+    later = {"q": qk, "k": qk.T, "v": induction.ov_circuit(m, 1, 1)}[kind]
+    assert ours[0, 2, 1, 1].item() == pytest.approx(((ov @ later).norm() / (ov.norm() * later.norm())).item(), abs=1e-5)
+    assert (ours[1, :, 0] == 0).all() and (ours[0, :, 0] == 0).all()  # only later layers compose
+    with pytest.raises(ValueError, match="kind must be"):
+        induction.composition_scores(m, "o")
+
+
+def test_attention_pattern_matches_the_model(random_model):
+    tokens = induction.repeated_tokens(random_model, SEQ_LEN, n=3, seed=2)
+    _, cache = random_model.run_with_cache(tokens)
+    for layer in range(2):
+        ours = induction.attention_pattern(cache["q", layer], cache["k", layer])
+        assert torch.allclose(ours, cache["pattern", layer], atol=1e-6)
+    assert torch.allclose(ours.sum(-1), torch.ones_like(ours[..., 0])) and (ours.triu(1) == 0).all()
+
+
+def test_kept_share_and_repeat_loss_metric(random_model):
+    assert induction.kept_share(1.0, 1.0, 5.0) == 1.0 and induction.kept_share(1.0, 5.0, 5.0) == 0.0
+    assert induction.kept_share(1.0, 2.0, 5.0) == pytest.approx(0.75)
+    tokens = induction.repeated_tokens(random_model, SEQ_LEN, n=4, seed=0)
+    metric = induction.repeat_loss_metric(tokens, SEQ_LEN)
+    assert metric(random_model(tokens)).item() == pytest.approx(induction.repeat_loss(random_model, tokens, SEQ_LEN), abs=1e-6)
+
+
+def test_corrupt_repeat_takes_other_sequences():
+    tokens = torch.arange(6)[:, None].repeat(1, 9)
+    out = induction.corrupt_repeat(tokens, 4, seed=1)
+    assert out.shape == tokens.shape and (out[:, 0] != tokens[:, 0]).all()  # every sequence replaced by another one
+    assert torch.equal(out, induction.corrupt_repeat(tokens, 4, seed=1))
+    assert not torch.equal(out, induction.corrupt_repeat(tokens, 4, seed=2))
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        induction.corrupt_repeat(tokens[:1], 4)
+
+
+def test_input_patch_kept_against_split_inputs(random_model):
+    """Independent computation: TransformerLens's per-head q/k/v inputs, with the sender's output swapped by hand."""
+    m = random_model
+    tokens = induction.repeated_tokens(m, SEQ_LEN, n=4, seed=0)
+    corrupted = induction.corrupt_repeat(tokens, SEQ_LEN, seed=0)
+    baseline = induction.per_token_loss(m, tokens)[:, 1:SEQ_LEN].mean().item() + 1.0
+    ours = induction.input_patch_kept(m, tokens, corrupted, SEQ_LEN, [(0, 1), (0, 2)], (1, 0), baseline)
+    head_out = {}
+    for name, toks in (("clean", tokens), ("corrupted", corrupted)):
+        _, cache = m.run_with_cache(toks)
+        z = cache["z", 0]  # [batch, pos, head, d_head]
+        head_out[name] = sum(z[:, :, h] @ m.W_O[0, h] for h in (1, 2))
+    delta = head_out["corrupted"] - head_out["clean"]
+    clean = induction.repeat_loss(m, tokens, SEQ_LEN)
+    m.set_use_split_qkv_input(True)
+    try:
+        for kind in "qkv":
+            def swap(x, hook):
+                x = x.clone()
+                x[:, :, 0] += delta
+                return x
+
+            loss = induction.repeat_loss(m, tokens, SEQ_LEN, [(f"blocks.1.hook_{kind}_input", swap)])
+            assert ours[kind] == pytest.approx((loss - baseline) / (clean - baseline), abs=1e-4)
+    finally:
+        m.set_use_split_qkv_input(False)
+    assert ours["k"] != pytest.approx(1.0, abs=1e-4)  # the patch changes something
