@@ -1,13 +1,14 @@
 """Checks of notebook 03 (activation patching).
 
-Each check runs the learner's code on the notebook's example and on fresh random inputs: a
-tiny random model (``nb01.random_model``) with random clean and corrupted token pairs, random
-layers and positions, or random grids and activations.
+Each check runs the learner's code on the notebook's example and on fresh inputs: a tiny random
+model (``nb01.random_model``) with random clean and corrupted token pairs, random layers,
+positions and directions, fresh IOI prompts, or random activations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -16,22 +17,25 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from mi_course import patching
-from mi_course.checks.core import CheckFailed, check_function, fresh_seed, guard_hook, separating_case
+from mi_course.checks.core import CheckFailed, call_learner, check_choice, check_function, fresh_seed, passed, separating_case
 from mi_course.checks.nb01 import random_model
+from mi_course.tasks import Task, make_task
 
 __all__ = [
     "check_ablated_z",
-    "check_important_cells",
-    "check_normalise",
+    "check_corrupt_s2",
+    "check_heads_interpretation",
     "check_patch_resid_by_hand",
-    "check_restore_hook",
+    "check_s2_prediction",
     "random_pair",
+    "s2_cells",
 ]
 
 # The course's own implementation of each exercise: exercise code that calls one is flagged in the
 # gradebook for the instructor to review (the grader reads this literal without importing the module).
 REFERENCES: dict[str, tuple[str, ...]] = {
-    "03.3": ("mi_course.patching.patch_resid_pre", "mi_course.patching.activation_patching"),
+    "03.1": ("mi_course.patching.patch_resid_pre", "mi_course.patching.activation_patching"),
+    "03.2": ("mi_course.tasks.Task.mix",),
     "03.5": ("mi_course.patching.ablation_sweep",),
 }
 
@@ -61,261 +65,227 @@ def _randint(gen: torch.Generator, low: int, high: int) -> int:
 # 03.1 ---------------------------------------------------------------------------------
 
 
-def _normalise(value, clean_value, corrupted_value):
-    return (value - corrupted_value) / (clean_value - corrupted_value)
+def _restore(source_activation: Tensor, pos: int) -> Callable:
+    def hook(activation: Tensor, hook=None) -> Tensor:
+        activation = activation.clone()
+        activation[:, pos] = source_activation[:, pos]
+        return activation
+
+    return hook
 
 
-def check_normalise(learner: Callable, value: Tensor | float, clean_value: float, corrupted_value: float) -> None:
-    """``normalise(value, clean_value, corrupted_value)``: 1 at the clean value, 0 at the corrupted one."""
-    gen = torch.Generator().manual_seed(fresh_seed())
-    clean, corrupted = 1 + 5 * torch.rand(1, generator=gen).item(), -2 * torch.rand(1, generator=gen).item()
-    values = torch.randn(16, generator=gen) * 3
-    values[:2] = torch.tensor([corrupted - 1.0, clean + 1.0])  # beyond both ends: normalised below 0 and above 1
-    cases = [
-        dict(value=value, clean_value=clean_value, corrupted_value=corrupted_value),
-        dict(value=values, clean_value=clean, corrupted_value=corrupted),
-        # a metric where lower is better (a loss): the clean value is below the corrupted one
-        dict(value=2 + torch.rand(1, generator=gen).item(), clean_value=1.5 + torch.rand(1, generator=gen).item(), corrupted_value=4.0 + torch.rand(1, generator=gen).item()),
-    ]
+def _by_hand(model, clean_tokens, corrupted_tokens, metric, layer, pos, direction="denoising", *, swap=False, same=False, name="resid_pre", every=False) -> float:
+    hook_name = f"blocks.{layer}.hook_{name}"
+    base, source = (corrupted_tokens, clean_tokens) if (direction == "denoising") != swap else (clean_tokens, corrupted_tokens)
+    if same:
+        source = base
+    with torch.no_grad():
+        _, cache = model.run_with_cache(source, names_filter=hook_name)
+        hook = (lambda act, hook: cache[hook_name]) if every else _restore(cache[hook_name], pos)
+        return float(metric(model.run_with_hooks(base, fwd_hooks=[(hook_name, hook)])))
+
+
+def _package(model, clean_tokens, corrupted_tokens, metric, layer, pos, direction="denoising") -> float:
+    grid = patching.patch_resid_pre(model, clean_tokens, corrupted_tokens, metric, direction=direction, progress=False, positions=[pos])
+    return float(grid[layer, pos])
+
+
+def every_position(**c):
+    return _by_hand(**c, every=True)
+
+
+def source_is_base(**c):
+    return _by_hand(**c, same=True)
+
+
+def directions_swapped(**c):
+    return _by_hand(**c, swap=True)
+
+
+def resid_post(**c):
+    return _by_hand(**c, name="resid_post")
+
+
+_BY_HAND_MISTAKES = {
+    "your result is the metric of the run you took the activation from: you patched every position, not just `pos` "
+    "(write only activation[:, pos]).": every_position,
+    "nothing changed: your result is the unpatched run's metric. Take the activation from the *other* prompts (clean ones when "
+    "denoising, corrupted ones when noising), and make sure the hook returns the edited activation.": source_is_base,
+    "your directions are swapped: denoising runs the corrupted prompts and restores a clean activation; noising runs the clean "
+    "prompts and inserts a corrupted one.": directions_swapped,
+    "you patched blocks.{layer}.hook_resid_post; the heatmap patches hook_resid_pre, the stream that block `layer` reads.": resid_post,
+}
+
+
+def _by_hand_case(seed: int, layer: int, direction: str) -> dict:
+    task = random_pair(seed)
+    gen = task.pop("gen")
+    return dict(task, layer=layer, pos=_randint(gen, 1, 7), direction=direction)
+
+
+def check_patch_resid_by_hand(learner: Callable, model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"], metric: Callable, layer: int, pos: int) -> None:
+    """``patch_resid_by_hand(model, clean_tokens, corrupted_tokens, metric, layer, pos, direction)``: one patch, either direction."""
+    example = dict(model=model, clean_tokens=clean_tokens, corrupted_tokens=corrupted_tokens, metric=metric, layer=layer, pos=pos)
+    cases = [dict(example, direction="denoising"), dict(example, direction="noising")]
+    seed = fresh_seed()
+    for fresh_layer, direction in ((0, "denoising"), (0, "noising"), (1, "noising")):  # both layers and directions, a random position each
+        # (in the last layer, patching hook_resid_post away from the last position changes nothing, like taking the activation from
+        # the base run: those two mistakes may agree there; the layer-0 cases tell them apart)
+        draw = lambda s, fresh_layer=fresh_layer, direction=direction: _by_hand_case(s, fresh_layer, direction)  # noqa: E731
+        cases.append(separating_case(draw, _by_hand, _BY_HAND_MISTAKES.values(), seed + fresh_layer, pairwise=fresh_layer == 0))
     check_function(
         "03.1",
         learner,
-        _normalise,
+        _package,
         cases,
-        mistakes={
-            "your normalisation has clean and corrupted swapped: the clean value must map to 1 and the corrupted value to 0.": lambda value, clean_value, corrupted_value: _normalise(value, corrupted_value, clean_value),
-            "you divided by the clean value alone: subtract the corrupted value (the baseline) from the value and from the clean value first.": lambda value, clean_value, corrupted_value: value / clean_value,
-            "the numerator is right but the denominator should be the gap clean_value - corrupted_value, not clean_value.": lambda value, clean_value, corrupted_value: (value - corrupted_value) / clean_value,
-        },
-        hint="compute (value - corrupted_value) / (clean_value - corrupted_value).",
-        success="clean maps to 1, corrupted to 0",
+        mistakes=_BY_HAND_MISTAKES,
+        hint="cache blocks.{layer}.hook_resid_pre on the source prompts (clean when denoising, corrupted when noising), run the other "
+        "prompts with a hook that returns a copy with position `pos` overwritten by the cached values, and return metric(logits) as a float.",
+        success="your patches match the package's sweeps in both directions",
     )
 
 
 # 03.2 ---------------------------------------------------------------------------------
 
 
-def _restore(clean_activation: Tensor, pos: int) -> Callable:
-    def hook(activation: Tensor, hook=None) -> Tensor:
-        activation = activation.clone()
-        activation[:, pos] = clean_activation[:, pos]
-        return activation
-
-    return hook
+def _names(task: Task) -> set[int]:
+    """The name tokens of an IOI task: every token at a name slot, clean or corrupted."""
+    rows = torch.arange(task.n)
+    return {int(t) for role in ("IO", "S1", "S2") for tokens in (task.clean_tokens, task.corrupted_tokens) for t in tokens[rows, task.positions[role]]}
 
 
-_IN_PLACE_HINT = (
-    "your hook overwrites the activation it receives in place: the exercise asks you to edit a copy. "
-    "Start with `activation = activation.clone()`, write the clean values into the copy and return it."
-)
+def _copy(task: Task) -> Task:
+    return replace(task, clean_tokens=task.clean_tokens.clone(), corrupted_tokens=task.corrupted_tokens.clone(), positions={k: v.clone() for k, v in task.positions.items()})
 
 
-def _run_with(factory: Callable, model, clean_tokens, corrupted_tokens, layer, pos, *, learner: bool = False) -> Tensor:
-    name = f"blocks.{layer}.hook_resid_pre"
-    with torch.no_grad():
-        _, cache = model.run_with_cache(clean_tokens, names_filter=name)
-        hook = factory(cache[name], pos)
-        if not callable(hook):
-            raise CheckFailed("03.2", f"restore_hook must return a hook function, got {type(hook).__name__}.")
-        if learner:
-            hook = guard_hook("03.2", hook, _IN_PLACE_HINT)
-        return model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])
+def _s2_problem(task: Task, got: Any) -> str | None:
+    """What is wrong with `got` as a corruption of `task`'s clean prompts at S2 only, or None."""
+    clean = task.clean_tokens
+    if not isinstance(got, Tensor):
+        return f"return the corrupted tokens as a tensor of shape {tuple(clean.shape)}, not {type(got).__name__}."
+    if got.shape != clean.shape:
+        return f"your tokens have shape {tuple(got.shape)}; a patching pair needs the clean prompts' shape {tuple(clean.shape)} (same prompts, same length)."
+    if got.dtype not in (torch.int64, torch.int32):
+        return f"return token ids (integers), not {got.dtype}."
+    rows = torch.arange(task.n)
+    differ = got != clean
+    s2 = torch.zeros_like(differ)
+    s2[rows, task.positions["S2"]] = True
+    for role in ("IO", "S1"):
+        if differ[rows, task.positions[role]].any():
+            what = "the indirect object (IO), the answer itself" if role == "IO" else "the first mention of the subject (S1)"
+            return f"your tokens differ from the clean prompts at {what}; change only the second mention of the subject (S2)."
+    if (differ & ~s2).any():
+        return "your tokens differ from the clean prompts away from S2 (a word of the template): change only the S2 name."
+    unchanged = int((~differ[rows, task.positions["S2"]]).sum())
+    if unchanged:
+        return f"S2 is unchanged on {unchanged} of {task.n} prompts: every prompt needs another name there."
+    new = got[rows, task.positions["S2"]]
+    if not set(new.tolist()) <= _names(task):
+        return "the new token at S2 is not a name: put another name there, so that the model stays on the kind of input it knows."
+    return None
 
 
-def _every_position(clean_activation, pos):
-    return lambda activation, hook: clean_activation
-
-
-def _added(clean_activation, pos):
-    def hook(activation, hook):
-        activation = activation.clone()
-        activation[:, pos] += clean_activation[:, pos]
-        return activation
-
-    return hook
-
-
-def _batch_axis(clean_activation, pos):
-    def hook(activation, hook):
-        activation = activation.clone()
-        activation[pos] = clean_activation[pos]
-        return activation
-
-    return hook
-
-
-def _unchanged(clean_activation, pos):
-    return lambda activation, hook: None
-
-
-def _restore_reference(**c) -> Tensor:
-    return _run_with(_restore, **c)
-
-
-_RESTORE_MISTAKES = {
-    "you patched every position, not just `pos`: replace only activation[:, pos].": lambda **c: _run_with(_every_position, **c),
-    "you added the clean activation to the corrupted one; replace (overwrite) it instead.": lambda **c: _run_with(_added, **c),
-    "you indexed the batch axis: positions are axis 1, so write activation[:, pos], for every prompt.": lambda **c: _run_with(_batch_axis, **c),
-    "your hook left the activation unchanged: return the edited tensor (a hook that edits a copy must return it).": lambda **c: _run_with(_unchanged, **c),
-}
-
-
-def _restore_case(seed: int) -> dict:
-    task = random_pair(seed)
-    gen = task.pop("gen")
-    task.pop("metric")
-    return dict(task, layer=_randint(gen, 0, 2), pos=_randint(gen, 1, 7))
-
-
-def check_restore_hook(learner: Callable, model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"], layer: int, pos: int) -> None:
-    """``restore_hook(clean_activation, pos)``: a hook that writes the clean activation at position ``pos`` only."""
+def check_corrupt_s2(learner: Callable, model: HookedTransformer, task: Task) -> None:
+    """``corrupt_s2(task)``: the clean prompts with only the S2 name changed, run on the notebook's prompts and fresh ones."""
     if not callable(learner):
         raise CheckFailed("03.2", f"expected a function, got {type(learner).__name__}.")
-    cases = [
-        dict(model=model, clean_tokens=clean_tokens, corrupted_tokens=corrupted_tokens, layer=layer, pos=pos),
-        separating_case(_restore_case, _restore_reference, _RESTORE_MISTAKES.values(), fresh_seed()),
-    ]
-    check_function(
-        "03.2",
-        lambda **c: _run_with(learner, **c, learner=True),
-        _restore_reference,
-        cases,
-        mistakes=_RESTORE_MISTAKES,
-        hint="the hook should return the activation with position `pos` (all prompts) replaced by clean_activation[:, pos].",
-        success="your hook restores one clean position",
-    )
+    fresh = make_task("ioi", model, n=8, seed=fresh_seed())
+    responds = abs(task.clean_value - task.corrupted_value) > 1.0  # a model that does IOI (not a random stand-in)
+    for each in (task, fresh):
+        given = _copy(each)
+        got = call_learner("03.2", learner, given)
+        if not torch.equal(given.clean_tokens, each.clean_tokens):
+            raise CheckFailed("03.2", "your function changed task.clean_tokens in place: clone the clean tokens and change the copy.")
+        problem = _s2_problem(each, got)
+        if problem:
+            raise CheckFailed("03.2", problem)
+        if responds:
+            with torch.no_grad():
+                kept = float(each.normalised_metric(model(got)))
+            if kept > 0.5:
+                raise CheckFailed("03.2", f"the model still does {kept:.0%} of the task on your prompts: the S2 name must be one that "
+                                  "breaks the repetition (a name that is not the subject).")
+    if not responds:
+        print(f"this model does not do IOI (clean and corrupted metric differ by {abs(task.clean_value - task.corrupted_value):.2f}): "
+              "the metric's response was not checked")
+    passed("03.2", "only S2 changes, to another name, on every prompt" + (", and the behaviour goes" if responds else ""))
 
 
 # 03.3 ---------------------------------------------------------------------------------
 
 
-def _by_hand(model, clean_tokens, corrupted_tokens, metric, layer, pos, *, base="corrupted", source="clean", name="resid_pre", every=False) -> float:
-    hook_name = f"blocks.{layer}.hook_{name}"
-    tokens = {"clean": clean_tokens, "corrupted": corrupted_tokens}
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens[source], names_filter=hook_name)
-        hook = (lambda act, hook: cache[hook_name]) if every else _restore(cache[hook_name], pos)
-        return float(metric(model.run_with_hooks(tokens[base], fwd_hooks=[(hook_name, hook)])))
+def s2_cells(model: HookedTransformer, task: Task, threshold: float) -> tuple[set[tuple[int, int]], Tensor | None]:
+    """The (layer, position) cells whose denoising restores at least `threshold` of the S2-only corruption, and the grid.
+
+    Only positions from S2 on are patched (nothing before S2 can know it); the grid is None on a model without the behaviour.
+    """
+    only_s2 = task.with_corrupted(model, task.mix("S2"))
+    if not abs(only_s2.clean_value - only_s2.corrupted_value) > 0.1:
+        return set(), None
+    first = int(task.positions["S2"].min())
+    grid = patching.patch_resid_pre(model, only_s2.clean_tokens, only_s2.corrupted_tokens, only_s2.normalised_metric,
+                                    positions=list(range(first, task.clean_tokens.shape[1])), progress=False)  # fmt: skip
+    return {(int(l), int(p)) for l, p in (grid >= threshold).nonzero().tolist()}, grid
 
 
-def _package(model, clean_tokens, corrupted_tokens, metric, layer, pos) -> float:
-    return float(patching.patch_resid_pre(model, clean_tokens, corrupted_tokens, metric, progress=False)[layer, pos])
-
-
-def _clean_run(model, clean_tokens, corrupted_tokens, metric, layer, pos):
-    with torch.no_grad():
-        return float(metric(model(clean_tokens)))
-
-
-_BY_HAND_MISTAKES = {
-    "your result is the clean run's metric: either you ran the clean input and patched clean activations (run the *corrupted* prompts), "
-    "or you patched every position, not just `pos`.": _clean_run,
-    "nothing changed: your result is the corrupted run's metric. Cache the *clean* run, and make sure the hook returns the edited activation.":
-        lambda **c: _by_hand(**c, source="corrupted"),
-    "that is noising: you ran the clean prompts and inserted a corrupted activation. Denoising runs the corrupted prompts and restores a clean one.":
-        lambda **c: _by_hand(**c, base="clean", source="corrupted"),
-    "you patched blocks.{layer}.hook_resid_post; the heatmap patches hook_resid_pre, the stream that block `layer` reads.":
-        lambda **c: _by_hand(**c, name="resid_post"),
-}
-
-
-def _by_hand_case(seed: int, layer: int) -> dict:
-    task = random_pair(seed)
-    gen = task.pop("gen")
-    return dict(task, layer=layer, pos=_randint(gen, 1, 7))
-
-
-def check_patch_resid_by_hand(learner: Callable, model: HookedTransformer, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"], metric: Callable, layer: int, pos: int) -> None:
-    """``patch_resid_by_hand(model, clean_tokens, corrupted_tokens, metric, layer, pos)``: one denoising patch."""
-    cases = [dict(model=model, clean_tokens=clean_tokens, corrupted_tokens=corrupted_tokens, metric=metric, layer=layer, pos=pos)]
-    for fresh_layer in (0, 1):  # both layers, a random position each: a fixed layer or position does not pass
-        # (in the last layer, patching hook_resid_post away from the last position changes nothing, like caching the
-        # corrupted run: those two mistakes may agree there; the layer-0 case tells them apart)
-        draw = lambda s, fresh_layer=fresh_layer: _by_hand_case(s, fresh_layer)  # noqa: E731
-        cases.append(separating_case(draw, _by_hand, _BY_HAND_MISTAKES.values(), fresh_seed(), pairwise=fresh_layer == 0))
-    check_function(
-        "03.3",
-        learner,
-        _package,
-        cases,
-        mistakes=_BY_HAND_MISTAKES,
-        hint="cache the clean run, run the corrupted prompts with a hook on blocks.{layer}.hook_resid_pre that restores position `pos`, and return metric(logits) as a float.",
-        success="your patch matches the package's sweep",
-    )
+def check_s2_prediction(prediction: Any, model: HookedTransformer, task: Task, threshold: float) -> None:
+    """The predicted set of (layer, position) cells that restore at least `threshold` with the S2-only corruption, graded against the run."""
+    if prediction is None or prediction is Ellipsis:
+        raise CheckFailed("03.3", "no prediction yet: set prediction to a set of (layer, position) pairs in the cell above.")
+    try:
+        predicted = {(int(l), int(p)) for l, p in prediction}
+    except (TypeError, ValueError):
+        raise CheckFailed("03.3", "give a set of (layer, position) pairs, e.g. {(0, 3), (2, 5)}.") from None
+    actual, grid = s2_cells(model, task, threshold)
+    if grid is None:
+        print("this model does not do IOI (the S2-only corruption leaves the metric where it was): the prediction is not graded here")
+        return
+    if predicted == actual:
+        passed("03.3", f"your {len(actual)} cells are the ones the run finds")
+        return
+    s2 = task.positions["S2"]
+    hints = []
+    if any(p < int(s2.min()) for _, p in predicted):
+        hints.append("positions before S2 cannot know which name is there (attention looks only backwards), so restoring them does nothing.")
+    if any(l == 0 and p not in s2.tolist() for l, p in predicted):
+        hints.append("at layer 0 the residual stream is the token embedding: only the position whose token differs can matter there.")
+    if (0, int(s2[0])) not in predicted:
+        hints.append("at layer 0, restoring S2's embedding turns the corrupted prompt back into the clean one.")
+    right = len(predicted & actual)
+    raise CheckFailed("03.3", f"{right} of your {len(predicted)} cells are among the {len(actual)} that the run finds. "
+                      + (" ".join(hints) or "Look again at where the ABC heatmap found the information at each depth."))
 
 
 # 03.4 ---------------------------------------------------------------------------------
 
+HEAD_OPTIONS = {
+    "A": "On clean and ABC prompts the key heads attend to different places; where they look carries the information.",
+    "B": "The key heads attend to the same places on both; what they move (their values) carries the information.",
+    "C": "The key heads' queries carry the information: on clean prompts they ask a different question.",
+    "D": "The key heads do not matter; the information reaches the end through the MLPs only.",
+}
 
-def _cells(results: Tensor, threshold: float) -> list[tuple[int, int]]:
-    return [(int(l), int(p)) for l, p in (results >= threshold).nonzero().tolist()]
-
-
-def _as_cells(found: Any) -> Any:
-    """The learner's cells as a sorted list of (int, int), or the raw answer if it is not a collection of pairs."""
-    try:
-        return sorted(tuple(int(x) for x in cell) for cell in found)
-    except (TypeError, ValueError):
-        return found
-
-
-def _cells_grid(gen: torch.Generator, rows: int, cols: int, threshold: float) -> Tensor:
-    """A random grid with several cells per layer at or above `threshold`, one cell exactly on it, and
-    a strongly negative cell (|value| above the threshold)."""
-    grid = torch.randn(rows, cols, generator=gen) * 0.5
-    grid = grid.where(grid < threshold, grid - 2 * threshold)  # no accidental hits
-    for layer in range(rows):
-        for pos in torch.randperm(cols, generator=gen)[: _randint(gen, 2, min(4, cols) + 1)].tolist():
-            grid[layer, pos] = threshold + 0.05 + 0.5 * float(torch.rand(1, generator=gen))
-    cells = torch.randperm(rows * cols, generator=gen)[:2].tolist()
-    grid.view(-1)[cells[0]] = threshold  # exactly on the threshold: counts
-    grid.view(-1)[cells[1]] = -(threshold + 0.3)  # a large negative effect: does not count
-    return grid
+_HEADS_SEALED = (
+    "b8d55d0ee73b78f1",
+    "70755415a0c8bbb9baddafaa74df420c",
+    "XaYz6isFzfdvFdmvJPFLL0loh3JV7ufzVwJxvwRgge5NvP3fd++lsyvQLEA18TOidJleHu74q07LIX14cfwergwAGD+DA+PmzYETSUIsBThOeHmEUFEmwCGZ4IanvuQtfjWlEFM+Y+wgUvl89Wd+BjccTFyb6WB3my6unF//WKZAOIXrMVz3p6iA7Au/pRtLMWWI3ShOlOgugXTc1tBm/zIArLTjqVsLzBoxW9UidTn/QbIo3DNGJ70lVihMHMqo7vagbu2AAenfWFey2rsumgzeYuZvEybqVnuv8VKjY79la0tMZ5zCXHp0ATzDAr3nByl3TpgZLZ2XP5FbCEP1XUiDRPaLx/eOUXhj9jSiSKH5NUemuUZWIjdq7pA8BWJPXZOZYQ==",
+)
 
 
-def check_important_cells(learner: Callable, results: Float[Tensor, "layer pos"], threshold: float) -> None:
-    """``important_cells(results, threshold)``: the (layer, position) cells whose patch restores at least ``threshold``."""
-    if not callable(learner):
-        raise CheckFailed("03.4", f"expected a function, got {type(learner).__name__}.")
-    gen = torch.Generator().manual_seed(fresh_seed())
-    cases = [dict(results=results, threshold=threshold)]
-    for wide in (True, False):
-        rows, extra = _randint(gen, 3, 6), _randint(gen, 2, 6)
-        fresh_threshold = _randint(gen, 4, 8) / 16  # exact in float32, so a cell can sit exactly on it
-        shape = (rows, rows + extra) if wide else (rows + extra, rows)
-        cases.append(dict(results=_cells_grid(gen, *shape, fresh_threshold), threshold=fresh_threshold))
-
-    def absolute(results, threshold):
-        return _cells(results.abs(), threshold)
-
-    def swapped(results, threshold):
-        return [(p, l) for l, p in _cells(results, threshold)]
-
-    def without_bos(results, threshold):
-        return [(l, p - 1) for l, p in _cells(results, threshold)]
-
-    def strict(results, threshold):
-        return [(int(l), int(p)) for l, p in (results > threshold).nonzero().tolist()]
-
-    def one_per_layer(results, threshold):
-        best = results.max(dim=1)
-        return [(l, int(p)) for l, (v, p) in enumerate(zip(best.values, best.indices)) if v >= threshold]
-
-    check_function(
+def check_heads_interpretation(answer: Any) -> None:
+    """One letter of ``HEAD_OPTIONS``: what the q/k/v/pattern patches of the key heads say."""
+    check_choice(
         "03.4",
-        lambda **c: _as_cells(learner(**c)),
-        lambda **c: sorted(_cells(**c)),
-        cases,
-        mistakes={
-            "you kept cells with a large *negative* effect: a negative value means restoring that activation moves the metric away "
-            "from the clean value. Keep results >= threshold.": lambda **c: sorted(absolute(**c)),
-            "return (layer, position) pairs: the heatmap's rows are layers and its columns positions.": lambda **c: sorted(swapped(**c)),
-            "your positions are off by one: position 0 is the <bos> token, and the columns count it.": lambda **c: sorted(without_bos(**c)),
-            "a cell exactly at the threshold counts too: keep results >= threshold, not > threshold.": lambda **c: sorted(strict(**c)),
-            "you kept one cell per layer (its maximum): keep every cell of a layer that reaches the threshold.": lambda **c: sorted(one_per_layer(**c)),
+        answer,
+        HEAD_OPTIONS,
+        _HEADS_SEALED,
+        hints={
+            "A": "patching the key heads' clean patterns into the corrupted run restores nothing: if where they look carried the "
+            "information, it would restore what patching their output does.",
+            "C": "the queries decide where a head looks; look at what patching the queries restored.",
+            "D": "patching the key heads' outputs restores a large share, and noising them costs more: they matter.",
         },
-        hint="return every (layer, position) with results[layer, position] >= threshold, as a list of pairs of ints.",
-        success="you found the cells that matter",
     )
 
 
@@ -325,7 +295,7 @@ def check_important_cells(learner: Callable, results: Float[Tensor, "layer pos"]
 def _ablated(z, head, mode, index=None, *, over=(0,), heads="one", zero=False):
     out = z.clone()
     cols = slice(None) if heads == "all" else head
-    if zero and mode == "mean":
+    if mode == "zero" or (zero and mode == "mean"):
         out[:, :, cols] = 0.0
     elif mode == "mean":
         out[:, :, cols] = z[:, :, cols].mean(dim=over, keepdim=True)
@@ -334,8 +304,32 @@ def _ablated(z, head, mode, index=None, *, over=(0,), heads="one", zero=False):
     return out
 
 
+def zero_for_mean(**c):
+    return _ablated(**c, zero=True)
+
+
+def mean_over_positions(**c):
+    return _ablated(**c, over=(1,))
+
+
+def mean_over_prompts_and_positions(**c):
+    return _ablated(**c, over=(0, 1))
+
+
+def every_head(**c):
+    return _ablated(**c, heads="all")
+
+
+def resample_unchanged(z, head, mode, index):
+    return z if mode == "resample" else _ablated(z, head, mode, index)
+
+
+def zero_unchanged(z, head, mode, index):
+    return z if mode == "zero" else _ablated(z, head, mode, index)
+
+
 def check_ablated_z(learner: Callable, z: Float[Tensor, "batch pos head d_head"], head: int) -> None:
-    """``ablated_z(z, head, mode, index)``: mean or resample ablation of one head's ``hook_z``."""
+    """``ablated_z(z, head, mode, index)``: zero, mean or resample ablation of one head's ``hook_z``."""
     if not callable(learner):
         raise CheckFailed("03.5", f"expected a function, got {type(learner).__name__}.")
     gen = torch.Generator().manual_seed(fresh_seed())
@@ -344,8 +338,10 @@ def check_ablated_z(learner: Callable, z: Float[Tensor, "batch pos head d_head"]
     fresh_head = _randint(gen, 0, n_heads)
     fresh_index = patching.resample_index(batch, seed=_randint(gen, 0, 1000))
     cases = [
+        dict(z=z, head=head, mode="zero", index=None),
         dict(z=z, head=head, mode="mean", index=None),
         dict(z=z, head=head, mode="resample", index=patching.resample_index(z.shape[0], seed=0)),
+        dict(z=fresh, head=fresh_head, mode="zero", index=None),
         dict(z=fresh, head=fresh_head, mode="mean", index=None),
         dict(z=fresh, head=fresh_head, mode="resample", index=fresh_index),
     ]
@@ -355,19 +351,18 @@ def check_ablated_z(learner: Callable, z: Float[Tensor, "batch pos head d_head"]
         _ablated,
         cases,
         mistakes={
-            "zero instead of mean: mean ablation replaces the head's output by its average over prompts, not by 0.":
-                lambda **c: _ablated(**c, zero=True),
-            "you averaged over positions; average over the prompts (dim 0), so that each position keeps its own mean.":
-                lambda **c: _ablated(**c, over=(1,)),
+            "zero instead of mean: mean ablation replaces the head's output by its average over prompts, not by 0.": zero_for_mean,
+            "you averaged over positions; average over the prompts (dim 0), so that each position keeps its own mean.": mean_over_positions,
             "you averaged over prompts and positions together; average over the prompts only (dim 0), position by position.":
-                lambda **c: _ablated(**c, over=(0, 1)),
-            "you ablated every head of the layer; change only z[:, :, head].": lambda **c: _ablated(**c, heads="all"),
+                mean_over_prompts_and_positions,
+            "you ablated every head of the layer; change only z[:, :, head].": every_head,
             "your resample ablation left the head unchanged: prompt b takes head `head`'s activation from prompt index[b], z[index, :, head].":
-                lambda z, head, mode, index: z if mode == "resample" else _ablated(z, head, mode, index),
+                resample_unchanged,
+            "your zero ablation left the head unchanged: mode 'zero' sets z[:, :, head] to 0.": zero_unchanged,
         },
-        hint="mean: z[:, :, head] becomes its mean over dim 0 (keepdim); resample: z[:, :, head] becomes z[index, :, head]; other heads unchanged.",
+        hint="zero: z[:, :, head] becomes 0; mean: its mean over dim 0 (keepdim); resample: z[index, :, head]; other heads unchanged.",
         unchanged=("z",),
         unchanged_hint="your function changed `z` in place: the exercise asks for a copy. Start with `out = z.clone()`, "
         "ablate head `head` in `out` (reading the values from `z`) and return it.",
-        success="your mean and resample ablations match",
+        success="your zero, mean and resample ablations match",
     )
