@@ -99,18 +99,21 @@ def counted(results: list[Result]) -> list[Result]:
     return kept
 
 
-def exercise_concept(cnb: CourseNotebook, exercise_cell: str) -> str:
-    """What an exercise is about: the first line of the markdown cell before it, without heading
-    marks, bold, "Exercise NN.N" and section numbers (``### 5.2 Reading the weights`` -> ``Reading the weights``)."""
+def exercise_concept(cnb: CourseNotebook, exercise: str) -> str:
+    """What an exercise is about: its title, the text after "Exercise NN.N" in the markdown above
+    its cell (``### Exercise 01.1 · DLA of one head`` -> ``DLA of one head``); else the nearest
+    heading above it, without section numbers."""
+    ex = next(e for e in cnb.exercises if e.id == exercise)
     cells = cnb.nb.cells
-    at = next((i for i, c in enumerate(cells) if c.get("id") == exercise_cell), 0)
-    for cell in reversed(cells[:at]):
-        if cell.cell_type == "markdown":
-            line = next((l for l in cell.source.splitlines() if l.strip()), "")
-            line = re.sub(r"^#+\s*", "", line.strip()).replace("**", "")
-            line = re.sub(r"^Exercise\s+[\w.]*\d[.:]?\s*", "", line, flags=re.IGNORECASE)
-            return re.sub(r"^\d+(\.\d+)*\.?\s+", "", line).strip()
-    return ""
+    at = next((i for i, c in enumerate(cells) if c.get("id") == ex.exercise_cell), len(cells))
+    lines = [line.strip() for c in cells[:at] if c.cell_type == "markdown" for line in c.source.splitlines() if line.strip()]
+    named = re.compile(rf"Exercise\s+{re.escape(exercise)}\b(.*)", re.IGNORECASE)
+    for line in reversed(lines):
+        found = named.search(line)
+        if found:
+            return found[1].replace("**", "").lstrip(" .:·-—\t").rstrip() or line.strip("#* ")
+    heading = next((line for line in reversed(lines) if line.startswith("#")), "")
+    return re.sub(r"^\d+(\.\d+)*\.?\s*(·\s*)?", "", heading.lstrip("#").strip()).strip()
 
 
 def build_report(results: list[Result], course: Course) -> ClassReport:
@@ -124,7 +127,7 @@ def build_report(results: list[Result], course: Course) -> ClassReport:
         scores[name] = [sum(r.points.values()) for r in mine]
         maxima[name] = sum(e.points for e in cnb.exercises)
         for ex in cnb.exercises:
-            concept = exercise_concept(cnb, ex.exercise_cell)
+            concept = exercise_concept(cnb, ex.id)
             stats = ExerciseStats(name, ex.id, concept, ex.points, len(mine))
             fired: dict[tuple[str, str], list[tuple[str, str]]] = {}
             for r in mine:

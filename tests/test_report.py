@@ -183,14 +183,15 @@ def test_the_mistake_id_comes_from_the_line_under_the_hint():
     assert grade._outcome("9.1", grade.CellResult("skipped"), None, "did not run").mistake == "not-run"
 
 
-def test_concepts_come_from_the_markdown_before_the_exercise(tmp_path):
+def test_concepts_come_from_the_exercise_title(tmp_path):
     course = grade.load_course(fixture_course(tmp_path))
     cnb = course.notebooks["99_fixture"]
-    assert [report.exercise_concept(cnb, e.exercise_cell) for e in cnb.exercises] == ["Write `add(a, b)`.", "Write `scale(xs, k)`.", "Set `answer`."]
-    cnb.nb.cells[2].source = "### 5.2 Reading the weights: which head?\n\nMore text."
-    assert report.exercise_concept(cnb, "ex1") == "Reading the weights: which head?"
-    cnb.nb.cells[2].source = "### Exercise 00.1: classify seven studies"
-    assert report.exercise_concept(cnb, "ex1") == "classify seven studies"
+    assert [report.exercise_concept(cnb, e.id) for e in cnb.exercises] == ["Write `add(a, b)`.", "Write `scale(xs, k)`.", "Set `answer`."]
+    cnb.nb.cells[2].source = "### Exercise 99.1 · DLA of one head\n\nMore text."
+    cnb.nb.cells.insert(3, nbformat.v4.new_markdown_cell("Prose between the title and the cell."))
+    assert report.exercise_concept(cnb, "99.1") == "DLA of one head"
+    cnb.nb.cells[2].source = "### 5.2 · Reading the weights\n\nNo exercise title."
+    assert report.exercise_concept(cnb, "99.1") == "Reading the weights"
 
 
 def test_student_text_is_escaped_and_second_submissions_are_not_counted(tmp_path):
