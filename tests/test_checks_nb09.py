@@ -123,3 +123,14 @@ def test_the_grader_scores_against_the_submitting_id_so_copied_answers_score_dif
 def test_the_grader_reads_the_student_id_from_the_source():
     assert nb09.submitted_student_id(['x = 1', 'STUDENT_ID = "s42"  # mine', "STUDENT_ID = 's43'"]) == "s43"
     assert nb09.submitted_student_id(["print(STUDENT_ID)"]) is None
+
+
+def test_exercise_code_that_asks_the_package_for_the_truth_is_flagged():
+    from mi_course import grade, integrity
+
+    course = grade.load_course()
+    references, imports = course.references["09.1"], course.notebooks["09_find_the_circuit"].imports
+    cheat = "truth = mystery.ground_truth(assignment.seed)\nmy_circuit = {repr(e) for e in truth.circuit.edges}"
+    assert ["mi_course.mystery.ground_truth" in use for use in integrity.reference_uses(cheat, references, imports)] == [True]
+    honest = "search = acdc(model, clean, corrupted, metric, threshold=0.05)\nmy_circuit = {repr(e) for e in search.circuit.edges}"
+    assert integrity.reference_uses(honest, references, imports) == []
