@@ -9,7 +9,9 @@ random label, with the same label distribution, and selectivity = task accuracy 
 accuracy. Expressive probes (MLPs) memorise control tasks well, so their selectivity is low.
 
 Probing is correlational. To test whether the model *uses* a direction, intervene: reflect
-or shift the residual stream along the probe's weight vector and watch the behaviour.
+or shift the residual stream along the probe's weight vector and watch the behaviour; or
+remove the property with iterative nullspace projection (INLP, Ravfogel et al. 2020), the
+tool of amnesic probing (Elazar et al. 2021).
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ __all__ = [
     "accuracy",
     "control_labels",
     "encode_labels",
+    "inlp",
     "majority_accuracy",
     "predict",
     "probe_direction",
     "probe_intervention_hook",
+    "projection_hook",
     "probe_selectivity",
     "randomize_weights",
     "residual_activations",
@@ -330,5 +334,59 @@ def probe_intervention_hook(
         else:
             mask[:, positions] = 1
         return resid + mask[..., None] * change
+
+    return hook
+
+
+def inlp(
+    x: Float[Tensor, "n d"], y: Int[Tensor, "n"], n_iterations: int = 10, *, l2: float = 1e-4, seed: int = 0
+) -> tuple[Float[Tensor, "d d"], Float[Tensor, "k d"]]:
+    """Iterative nullspace projection (Ravfogel et al. 2020): remove every direction a linear probe finds.
+
+    Each round fits a linear probe on the data projected so far and adds its directions (the
+    rows of its weight matrix, less their mean: the C - 1 directions that change its decision)
+    to the removed set; the projection is onto the orthogonal complement of everything removed,
+    so later probes must find the label elsewhere. Returns the projection P (symmetric,
+    idempotent; apply it as x @ P) and an orthonormal basis of the removed subspace.
+    """
+    _check_xy(x, y)
+    if n_iterations < 1:
+        raise ValueError(f"n_iterations must be at least 1, got {n_iterations}.")
+    x, y = x.detach().float(), y.long()
+    d = x.shape[1]
+    removed = torch.zeros(0, d)
+    projection = torch.eye(d)
+    for i in range(n_iterations):
+        probe = train_probe(x @ projection, y, n_classes=int(y.max()) + 1, l2=l2, seed=seed + i)
+        weight = probe.linear.weight.detach()
+        directions = (weight - weight.mean(0)) @ projection  # stay inside what is left
+        u, s, vh = torch.linalg.svd(torch.cat([removed, directions]), full_matrices=False)
+        removed = vh[s > s.max() * 1e-6]
+        projection = torch.eye(d) - removed.T @ removed
+    return projection, removed
+
+
+def projection_hook(
+    projection: Float[Tensor, "d_model d_model"],
+    mean: Float[Tensor, "d_model"] | None = None,
+    positions: int | Sequence[int] | None = None,
+) -> Callable[..., Tensor]:
+    """A hook that projects the residual with ``projection`` at chosen positions (None: all).
+
+    With ``mean`` (e.g. the training activations' mean), h becomes mean + P (h - mean): the
+    removed directions are set to their average value, not to zero, so the edit stays near
+    the activations' natural range (a mean ablation of a subspace).
+    """
+    centre = torch.zeros(projection.shape[0]) if mean is None else mean.detach()
+
+    def hook(resid: Float[Tensor, "batch pos d_model"], hook=None) -> Float[Tensor, "batch pos d_model"]:
+        if resid.shape[-1] != projection.shape[0]:
+            raise ValueError(f"the projection is {projection.shape[0]}-dimensional but the hooked activation has {resid.shape[-1]}.")
+        edited = centre + (resid - centre) @ projection
+        out = resid.clone()
+        if positions is None:
+            return edited
+        out[:, positions] = edited[:, positions]
+        return out
 
     return hook

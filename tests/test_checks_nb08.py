@@ -10,7 +10,7 @@ import torch
 from mi_course import probing
 from mi_course.checks import nb08
 from mi_course.checks.core import CheckFailed
-from test_checks_core import assert_never_passes
+from test_checks_core import DRAWS, assert_never_passes
 
 torch.set_num_threads(1)
 
@@ -35,23 +35,6 @@ def example():
 
 
 # 08.1
-
-
-def majority_other(y_train, y_test):
-    values, counts = np.unique(y_train.numpy(), return_counts=True)
-    return float(np.mean(y_test.numpy() == values[counts.argmax()]))
-
-
-def test_majority_accuracy(example):
-    args = (example["y"][example["train"]], example["y"][example["test"]])
-    nb08.check_majority_accuracy(probing.majority_accuracy, *args)
-    nb08.check_majority_accuracy(majority_other, *args)
-    assert_never_passes(nb08.check_majority_accuracy, lambda y_train, y_test: majority_other(y_test, y_test), *args, hint="most common label of the test set")
-    assert_never_passes(nb08.check_majority_accuracy, lambda y_train, y_test: majority_other(y_train, y_train), *args, hint="how common the majority label is in the training set")
-    assert_never_passes(nb08.check_majority_accuracy, lambda y_train, y_test: 1 / len(torch.unique(y_train)), *args, hint="chance for balanced classes")
-
-
-# 08.2
 
 
 def split_reference(prompt_ids, test_fraction, seed):
@@ -113,7 +96,7 @@ def test_split_by_prompt(example):
     assert_never_passes(nb08.check_split_by_prompt, lambda p, f, s: split_reference(p, 0.9, s), example["prompts"], hint="fraction test_fraction")
 
 
-# 08.3
+# 08.2
 
 
 def control_other(word_types, labels, seed):
@@ -150,69 +133,184 @@ def test_control_task(example):
     assert_never_passes(nb08.check_control_task, lambda word_types, labels, seed: probing.control_labels(word_types, labels, 0), *args, hint="same for seeds 0 and 1")
 
 
+# 08.3
+
+
+@pytest.fixture(scope="module")
+def control_case(example):
+    """Two "layers" of the example: the word's vector (easy to memorise) and the same blurred by context."""
+    gen = torch.Generator().manual_seed(11)
+    x = example["x"]
+    blurred = x + 1.5 * torch.randn(x.shape, generator=gen)
+    control = probing.control_labels(example["types"], example["y"], seed=0)
+    layers = {"embed": x, "after L1": blurred}
+    truth = {}
+    for name, xs in layers.items():
+        probe = probing.train_probe(xs[example["train"]], control[example["train"]], n_classes=int(control.max()) + 1)
+        truth[name] = probing.accuracy(probe, xs[example["test"]], control[example["test"]])
+    assert truth["embed"] > truth["after L1"] + 0.15  # a case where the order means something
+    return layers, control, truth
+
+
+def test_control_prediction(example, control_case, capsys):
+    layers, control, truth = control_case
+    args = (layers, control, example["train"], example["test"])
+    nb08.check_control_prediction(dict(truth), *args)
+    nb08.check_control_prediction({k: np.float32(v + 0.1) for k, v in truth.items()}, *args)  # numpy numbers, within tolerance
+    assert capsys.readouterr().out.count("✓ Exercise 08.3 passed") == 2
+    swapped = {"embed": truth["after L1"], "after L1": truth["embed"]}
+    fails_with(nb08.check_control_prediction, swapped, *args, hint="wrong way round")
+    fails_with(nb08.check_control_prediction, {"embed": min(1.0, truth["embed"] + 0.3), "after L1": truth["after L1"]}, *args, hint="too high")
+    fails_with(nb08.check_control_prediction, {"embed": truth["embed"], "after L1": truth["after L1"] - 0.3}, *args, hint="too low")
+    fails_with(nb08.check_control_prediction, None, *args, hint="no prediction yet")
+    fails_with(nb08.check_control_prediction, {"embed": 0.9}, *args, hint="one accuracy per residual")
+    fails_with(nb08.check_control_prediction, {"embed": 90, "after L1": 60}, *args, hint="between 0 and 1")
+    fails_with(nb08.check_control_prediction, {"embed": "high", "after L1": "low"}, *args, hint="a number between 0 and 1")
+    fails_with(nb08.check_control_prediction, [0.9, 0.6], *args, hint="give a dict")
+
+
+def test_control_prediction_is_not_graded_on_another_model(example, control_case, capsys):
+    layers, control, truth = control_case
+    out = nb08.check_control_prediction({"embed": 0.0, "after L1": 1.0}, layers, control, example["train"], example["test"], "gpt2-small")
+    printed = capsys.readouterr().out
+    assert "not graded" in printed and "passed" not in printed
+    assert out == pytest.approx(truth)
+
+
 # 08.4
 
 
-def selectivity_other(x, y, control, train_idx, test_idx):
-    n_classes = int(torch.cat([y, control]).max()) + 1
-    scores = []
-    for target in (y, control):
-        probe = probing.train_probe(x[train_idx], target[train_idx], n_classes=n_classes)
-        scores.append((probe(x[test_idx]).argmax(-1) == target[test_idx]).double().mean().item())
-    return scores[0] - scores[1]
+def inlp_reference(x, y, n_iterations):
+    return probing.inlp(x, y, n_iterations)[0]
 
 
-def test_selectivity(example):
-    control = probing.control_labels(example["types"], example["y"], seed=0)
-    args = (example["x"], example["y"], control, example["train"], example["test"])
-    nb08.check_selectivity(nb08.reference_selectivity, *args)
-    nb08.check_selectivity(selectivity_other, *args)
-    fails_with(nb08.check_selectivity, lambda x, y, control, train_idx, test_idx: selectivity_other(x, y, control, train_idx, train_idx), *args, hint="rows they were trained on")
-    fails_with(nb08.check_selectivity, lambda x, y, control, train_idx, test_idx: -selectivity_other(x, y, control, train_idx, test_idx), *args, hint="not the other way round")
+def inlp_gram_schmidt(x, y, n_iterations):
+    """The notebook's solution: one unit vector per round, made orthogonal to the earlier ones."""
+    d = x.shape[1]
+    removed, P = torch.zeros(0, d), torch.eye(d)
+    for _ in range(n_iterations):
+        w = probing.probe_direction(probing.train_probe(x @ P, y))[0] @ P
+        w = w - removed.T @ (removed @ w)
+        removed = torch.cat([removed, (w / w.norm())[None]])
+        P = torch.eye(d) - removed.T @ removed
+    return P
 
-    def scored_on_task(x, y, control, train_idx, test_idx):
-        task = probing.train_probe(x[train_idx], y[train_idx], n_classes=4)
-        ctrl = probing.train_probe(x[train_idx], control[train_idx], n_classes=4)
-        return probing.accuracy(task, x[test_idx], y[test_idx]) - probing.accuracy(ctrl, x[test_idx], y[test_idx])
 
-    fails_with(nb08.check_selectivity, scored_on_task, *args, hint="against the control labels")
+def inlp_sklearn(x, y, n_iterations):
+    """Written independently: scikit-learn's logistic regression, projections in numpy float64."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, Y = np.asarray(x, dtype=np.float64), np.asarray(y)
+    d = X.shape[1]
+    directions = []
+    P = np.eye(d)
+    for _ in range(n_iterations):
+        w = LogisticRegression(max_iter=1000).fit(X @ P, Y).coef_[0] @ P
+        directions.append(w)
+        basis = np.linalg.svd(np.array(directions), full_matrices=False)[2]
+        P = np.eye(d) - basis.T @ basis
+    return P
+
+
+def inlp_one_round(x, y, n_iterations):
+    w = probing.probe_direction(probing.train_probe(x, y))[0]
+    return torch.eye(x.shape[1]) - torch.outer(w, w) / w.dot(w)
+
+
+def inlp_unprojected(x, y, n_iterations):
+    """Retrains on the original data every round: the same direction again and again."""
+    d = x.shape[1]
+    directions = torch.stack([probing.probe_direction(probing.train_probe(x, y, seed=i))[0] for i in range(n_iterations)])
+    basis = torch.linalg.svd(directions, full_matrices=False)[2]
+    basis = basis[: int(torch.linalg.matrix_rank(directions, rtol=1e-3))]
+    return torch.eye(d) - basis.T @ basis
+
+
+def inlp_last_only(x, y, n_iterations):
+    P = inlp_reference(x, y, n_iterations - 1) if n_iterations > 1 else torch.eye(x.shape[1])
+    w = probing.probe_direction(probing.train_probe(x @ P, y))[0] @ P
+    return torch.eye(x.shape[1]) - torch.outer(w, w) / w.dot(w)
+
+
+def inlp_unnormalised(x, y, n_iterations):
+    removed = probing.inlp(x, y, n_iterations)[1]
+    return torch.eye(x.shape[1]) - 2 * removed.T @ removed
+
+
+def inlp_kept_span(x, y, n_iterations):
+    removed = probing.inlp(x, y, n_iterations)[1]
+    return removed.T @ removed
+
+
+def inlp_product(x, y, n_iterations):
+    """Multiplies per-round projections whose directions are not orthogonal to each other."""
+    d = x.shape[1]
+    P = torch.eye(d)
+    for i in range(n_iterations):
+        w = probing.probe_direction(probing.train_probe(x @ P, y, seed=i))[0]
+        w = w + 0.5 * torch.randn(d, generator=torch.Generator().manual_seed(i)) * w.norm()  # a direction outside what is left
+        P = P @ (torch.eye(d) - torch.outer(w, w) / w.dot(w))
+    return P
+
+
+@pytest.fixture(scope="module")
+def inlp_example():
+    return nb08._redundant_data(123)
+
+
+def test_inlp_correct_answers_pass(inlp_example, capsys):
+    for learner in (inlp_reference, inlp_gram_schmidt, inlp_sklearn):
+        nb08.check_inlp(learner, *inlp_example)
+    assert capsys.readouterr().out.count("✓ Exercise 08.4 passed") == 3
+
+
+@pytest.mark.parametrize(
+    "learner, hint",
+    [
+        (inlp_one_round, "single direction"),
+        (inlp_unprojected, "single direction"),
+        (inlp_last_only, "single direction"),
+        (inlp_unnormalised, "projecting twice"),
+        (inlp_kept_span, "Keep everything except the removed directions"),
+        (inlp_product, "not symmetric"),
+        (lambda x, y, n_iterations: torch.eye(x.shape[1]), "removes nothing"),
+        (lambda x, y, n_iterations: probing.inlp(x, y, n_iterations), "not a pair"),
+        (lambda x, y, n_iterations: torch.eye(3), "[d, d] matrix"),
+        (lambda x, y, n_iterations: "P", "[d, d] matrix"),
+        (lambda x, y, n_iterations: torch.full((x.shape[1], x.shape[1]), float("nan")), "NaN"),
+    ],
+)
+def test_inlp_mistakes_never_pass(inlp_example, learner, hint):
+    assert_never_passes(nb08.check_inlp, learner, *inlp_example, hint=hint, draws=min(DRAWS, 10))
+
+
+def test_inlp_fresh_data_needs_several_rounds():
+    """By construction: one round leaves the label readable, ten rounds do not (the check relies on both)."""
+    for seed in range(5):
+        x, y = nb08._redundant_data(seed)
+        majority = max(y.float().mean().item(), 1 - y.float().mean().item())
+        for rounds, readable in ((1, True), (10, False)):
+            P = inlp_reference(x, y, rounds)
+            acc = probing.accuracy(probing.train_probe(x @ P, y), x @ P, y)
+            assert (acc > majority + 0.15) if readable else (acc < majority + 0.06), (seed, rounds, acc)
 
 
 # 08.5
 
 
-def reflect_other(h, direction, offset):
-    unit = direction / direction.norm()
-    distance = (h @ unit + offset / direction.norm())[:, None]
-    return h - 2 * distance * unit
-
-
-def test_reflect():
-    gen = torch.Generator().manual_seed(9)
-    h, w = torch.randn(12, 16, generator=gen), 3 * torch.randn(16, generator=gen)
-    args = (h, w, 0.7)
-    nb08.check_reflect(nb08.reference_reflect, *args)
-    nb08.check_reflect(reflect_other, *args)
-    hook_based = lambda h, direction, offset: probing.probe_intervention_hook(direction, offset)(h[:, None])[:, 0]
-    nb08.check_reflect(hook_based, *args)
-    assert_never_passes(nb08.check_reflect, lambda h, direction, offset: -h, *args, hint="flipped the whole vector")
-    assert_never_passes(nb08.check_reflect, lambda h, direction, offset: h - 2 * (h @ direction + offset)[:, None] * direction, *args, hint="unnormalised weight")
-    assert_never_passes(nb08.check_reflect, lambda h, direction, offset: reflect_other(h, direction, 0.0), *args, hint="include the offset")
-    assert_never_passes(nb08.check_reflect, lambda h, direction, offset: (h + reflect_other(h, direction, offset)) / 2, *args, hint="factor 1")
-    assert_never_passes(nb08.check_reflect, lambda h, direction, offset: reflect_other(h, direction, offset)[:, :-1], *args, hint="shape")
-
-
-def test_selectivity_fresh_cases_separate_every_mistake():
-    """08.4 trains probes (not cheap): by construction, each fresh case puts every mistake 0.02 or more from the answer."""
-    from mi_course.checks.core import separates
-
-    for seed in range(3):
-        case = nb08.separating_case(nb08._random_probe_data, nb08.reference_selectivity, nb08._SELECTIVITY_MISTAKES.values(), seed, tol=0.02, tries=20)
-        assert separates(case, nb08.reference_selectivity, nb08._SELECTIVITY_MISTAKES.values(), tol=0.02)
+def test_end_position_choice(capsys):
+    nb08.check_end_position("C")
+    nb08.check_end_position(" c ")
+    assert capsys.readouterr().out.count("✓ Exercise 08.5 passed") == 2
+    for wrong, hint in (("A", "reflecting along its direction"), ("B", "same-number control"), ("D", "either one reverse")):
+        fails_with(nb08.check_end_position, wrong, hint=hint)
+    fails_with(nb08.check_end_position, None, hint="no answer yet")
+    fails_with(nb08.check_end_position, "E", hint="unknown option")
+    fails_with(nb08.check_end_position, {"C"}, hint="one letter")
 
 
 def test_custom_checks_answer_any_return_with_a_hint(example):
-    """08.2 and 08.3 check properties by hand: wrong types still get a hint, never a traceback."""
+    """08.1 and 08.2 check properties by hand: wrong types still get a hint, never a traceback."""
     prompts = example["prompts"]
     fails_with(nb08.check_split_by_prompt, lambda prompt_ids, test_fraction, seed: torch.arange(len(prompt_ids)), prompts, hint="return two index tensors")
     fails_with(nb08.check_split_by_prompt, lambda prompt_ids, test_fraction, seed: (torch.zeros(3), torch.ones(2)), prompts, hint="of integers")

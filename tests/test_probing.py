@@ -13,11 +13,13 @@ from mi_course.probing import (
     accuracy,
     control_labels,
     encode_labels,
+    inlp,
     majority_accuracy,
     predict,
     probe_direction,
     probe_intervention_hook,
     probe_selectivity,
+    projection_hook,
     randomize_weights,
     residual_activations,
     residual_activations_by_layer,
@@ -204,3 +206,53 @@ def test_reflection_strength_scales_the_probe_logit():
     pushed = probe_intervention_hook(w, 0.5, positions=2, strength=10.0)(resid)
     torch.testing.assert_close(pushed[:, 2] @ w + 0.5, -10 * margin[:, 2], atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(pushed[:, [0, 1, 3, 4, 5]], resid[:, [0, 1, 3, 4, 5]])
+
+
+def redundant_classes(n: int, d: int, n_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classes whose means differ along several directions, in anisotropic noise: one probe direction is not enough."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, n_classes, (n,), generator=gen)
+    basis = torch.linalg.qr(torch.randn(d, d, generator=gen))[0]
+    noise = (torch.randn(n, d, generator=gen) * torch.logspace(-0.5, 0.5, d)) @ basis.T
+    centres = 0.8 * torch.randn(n_classes, d, generator=gen) @ basis.T
+    return noise + centres[y], y
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_inlp_is_a_projection_that_leaves_a_fresh_probe_at_chance(n_classes):
+    x, y = redundant_classes(900, 12, n_classes, seed=n_classes)
+    majority = np.bincount(y.numpy()).max() / len(y)
+    fresh = lambda data: LogisticRegression(max_iter=2000).fit(data, y.numpy()).score(data, y.numpy())  # independent probe
+    assert fresh(x.numpy()) > majority + 0.2  # the label is readable to begin with
+    one_round = inlp(x, y, 1)[0]
+    assert fresh((x @ one_round).numpy()) > majority + 0.1  # one round is not enough here
+    P, removed = inlp(x, y, 8)
+    assert fresh((x @ P).numpy()) < majority + 0.05  # INLP: no linear probe reads the label any more
+    k = removed.shape[0]
+    assert 1 <= k <= 8 * (n_classes - 1)
+    torch.testing.assert_close(removed @ removed.T, torch.eye(k), atol=1e-5, rtol=0)  # an orthonormal basis
+    torch.testing.assert_close(P, P.T, atol=1e-6, rtol=0)
+    torch.testing.assert_close(P @ P, P, atol=1e-5, rtol=0)  # idempotent
+    torch.testing.assert_close(P @ removed.T, torch.zeros(12, k), atol=1e-5, rtol=0)  # the removed directions are gone
+    assert float(torch.trace(P)) == pytest.approx(12 - k, abs=1e-4)
+    # each round's probe direction lies in the removed subspace: the first one, recomputed independently
+    w = probe_direction(train_probe(x, y), 1, 0)[0]
+    assert (w @ P).norm() < 1e-4 * w.norm()
+    with pytest.raises(ValueError, match="at least 1"):
+        inlp(x, y, 0)
+
+
+def test_projection_hook_edits_chosen_positions_around_the_mean():
+    gen = torch.Generator().manual_seed(7)
+    resid = torch.randn(4, 6, 10, generator=gen)
+    u = torch.nn.functional.normalize(torch.randn(10, generator=gen), dim=0)
+    P = torch.eye(10) - torch.outer(u, u)
+    mean = torch.randn(10, generator=gen)
+    out = projection_hook(P, mean, positions=[1, 4])(resid)
+    keep = [0, 2, 3, 5]
+    assert torch.equal(out[:, keep], resid[:, keep])
+    torch.testing.assert_close(out[:, [1, 4]] @ u, (mean @ u).expand(4, 2))  # the removed direction set to its mean
+    torch.testing.assert_close(out[:, [1, 4]] @ P, resid[:, [1, 4]] @ P)  # everything else kept
+    torch.testing.assert_close(projection_hook(P)(resid) @ u, torch.zeros(4, 6), atol=1e-6, rtol=0)  # no mean: projected through the origin
+    with pytest.raises(ValueError, match="10-dimensional"):
+        projection_hook(P)(torch.zeros(2, 3, 8))

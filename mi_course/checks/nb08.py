@@ -1,10 +1,11 @@
 """Checks of notebook 08 (probing and its baselines).
 
-Value checks (majority baseline, selectivity, reflection) compare the learner's function with
-the reference on the notebook's example and on fresh random inputs. The split and the control
-task are random by design, so their checks test the properties that matter instead: no prompt
-on both sides of the split; one fixed label per word type, drawn from the task's label
-distribution.
+The split and the control task are random by design, so their checks test the properties that
+make the design valid: no prompt on both sides of the split; one fixed label per word type,
+drawn from the task's label distribution. The prediction of control-task accuracies is graded
+against probes trained inside the check. INLP is checked by what makes a nullspace projection
+one: symmetric, idempotent, at most one direction removed per round (two classes), and a fresh
+probe at chance on the projected data, on data where one round is not enough.
 """
 
 from __future__ import annotations
@@ -18,26 +19,23 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mi_course import probing
-from mi_course.checks.core import CheckFailed, _describe, _plain, call_learner, check_function, check_seeded, fresh_seed, passed, separating_case
+from mi_course.checks.core import CheckFailed, _describe, _plain, call_learner, check_choice, check_seeded, fresh_seed, passed
 
 __all__ = [
+    "END_POSITION_OPTIONS",
+    "check_control_prediction",
     "check_control_task",
-    "check_majority_accuracy",
-    "check_reflect",
-    "check_selectivity",
+    "check_end_position",
+    "check_inlp",
     "check_split_by_prompt",
-    "reference_reflect",
-    "reference_selectivity",
 ]
 
 # The course's own implementation of each exercise: exercise code that calls one is flagged in the
 # gradebook for the instructor to review (the grader reads this literal without importing the module).
 REFERENCES: dict[str, tuple[str, ...]] = {
-    "08.1": ("mi_course.probing.majority_accuracy",),
-    "08.2": ("mi_course.probing.train_test_split",),
-    "08.3": ("mi_course.probing.control_labels",),
-    "08.4": ("mi_course.checks.nb08.reference_selectivity", "mi_course.probing.probe_selectivity"),
-    "08.5": ("mi_course.checks.nb08.reference_reflect", "mi_course.probing.probe_intervention_hook"),
+    "08.1": ("mi_course.probing.train_test_split",),
+    "08.2": ("mi_course.probing.control_labels",),
+    "08.4": ("mi_course.probing.inlp",),
 }
 
 
@@ -57,46 +55,6 @@ def _as_long(x: Any, exercise: str, what: str) -> Tensor:
 # 08.1 ---------------------------------------------------------------------------------
 
 
-def check_majority_accuracy(learner: Callable, y_train: Int[Tensor, "n_train"], y_test: Int[Tensor, "n_test"]) -> None:
-    """``majority_class_accuracy(y_train, y_test)``: test accuracy of the most common training label."""
-    gen = torch.Generator().manual_seed(fresh_seed())
-    n_classes = int(torch.randint(3, 7, (1,), generator=gen))
-    # train: class a is the majority; test: class b is, so every mistake below gives another number
-    a, b = torch.randperm(n_classes, generator=gen)[:2].tolist()
-    train = torch.randint(0, n_classes, (300,), generator=gen)
-    train[:150] = a
-    test = torch.randint(0, n_classes, (200,), generator=gen)
-    test[:90] = b
-    test[90:120] = a
-    cases = [dict(y_train=y_train, y_test=y_test), dict(y_train=train[torch.randperm(300, generator=gen)], y_test=test)]
-
-    def test_majority(y_train, y_test):
-        return (y_test == torch.mode(y_test).values).float().mean().item()
-
-    def train_share(y_train, y_test):
-        return (y_train == torch.mode(y_train).values).float().mean().item()
-
-    def chance(y_train, y_test):
-        return 1 / len(torch.unique(torch.cat([y_train, y_test])))
-
-    check_function(
-        "08.1",
-        learner,
-        probing.majority_accuracy,
-        cases,
-        mistakes={
-            "you took the most common label of the test set: a baseline may only use what a probe sees in training (y_train), then be scored on y_test.": test_majority,
-            "you returned how common the majority label is in the training set; score the constant prediction on the test labels instead.": train_share,
-            "1 / (number of classes) is chance for balanced classes only; the majority baseline always predicts the most common training label.": chance,
-        },
-        hint="find the most common label of y_train, then return the fraction of y_test equal to it (a float).",
-        success="your majority baseline matches",
-    )
-
-
-# 08.2 ---------------------------------------------------------------------------------
-
-
 def _split_parts(out: Any, exercise: str) -> tuple[Tensor, Tensor]:
     plain = _plain(out)
     if not isinstance(plain, (tuple, list)) or len(plain) != 2:
@@ -106,7 +64,7 @@ def _split_parts(out: Any, exercise: str) -> tuple[Tensor, Tensor]:
 
 def check_split_by_prompt(learner: Callable, prompt_ids: Int[Tensor, "n"]) -> None:
     """``split_by_prompt(prompt_ids, test_fraction, seed)``: whole prompts go to train or to test."""
-    ex = "08.2"
+    ex = "08.1"
     if not callable(learner):
         raise CheckFailed(ex, f"expected a function, got {type(learner).__name__}.")
     gen = torch.Generator().manual_seed(fresh_seed())
@@ -136,12 +94,12 @@ def check_split_by_prompt(learner: Callable, prompt_ids: Int[Tensor, "n"]) -> No
     passed(ex, "whole prompts on one side, every row once, seeded (the example and 2 fresh random inputs).")
 
 
-# 08.3 ---------------------------------------------------------------------------------
+# 08.2 ---------------------------------------------------------------------------------
 
 
 def check_control_task(learner: Callable, word_types: Int[Tensor, "n"], labels: Int[Tensor, "n"]) -> None:
     """``control_task(word_types, labels, seed)``: one fixed label per word type, from the labels' distribution."""
-    ex = "08.3"
+    ex = "08.2"
     if not callable(learner):
         raise CheckFailed(ex, f"expected a function, got {type(learner).__name__}.")
     gen = torch.Generator().manual_seed(fresh_seed())
@@ -180,100 +138,160 @@ def check_control_task(learner: Callable, word_types: Int[Tensor, "n"], labels: 
     passed(ex, "one fixed label per word type, with the task's label distribution (the example and a fresh random input).")
 
 
+# 08.3 ---------------------------------------------------------------------------------
+
+
+def check_control_prediction(
+    prediction: Any,
+    x_by_layer: dict[str, Float[Tensor, "n d"]],
+    control: Int[Tensor, "n"],
+    train_idx: Int[Tensor, "n_train"],
+    test_idx: Int[Tensor, "n_test"],
+    model_name: str = "toy-lm",
+    tolerance: float = 0.15,
+) -> dict[str, float]:
+    """Grade predicted control-task accuracies (one per residual in ``x_by_layer``) against probes trained here.
+
+    The prediction is about toy-lm: on another model the measured values are printed and nothing is graded.
+    """
+    ex = "08.3"
+    names = list(x_by_layer)
+    if prediction is None or prediction is Ellipsis:
+        raise CheckFailed(ex, "no prediction yet: fill in the exercise cell above.", "no-answer")
+    plain = _plain(prediction)
+    if not isinstance(plain, dict) or set(plain) != set(names):
+        raise CheckFailed(ex, f"give a dict with one accuracy per residual, keys {names}; got {_describe(plain)}.")
+    try:
+        guess = {k: float(plain[k]) for k in names}
+    except (TypeError, ValueError):
+        raise CheckFailed(ex, "each predicted accuracy should be a number between 0 and 1.") from None
+    if not all(0.0 <= v <= 1.0 for v in guess.values()):
+        raise CheckFailed(ex, "accuracies are fractions between 0 and 1 (0.5, not 50).")
+    control = torch.as_tensor(control).long()
+    n_classes = int(control.max()) + 1
+    truth = {}
+    for name, x in x_by_layer.items():
+        probe = probing.train_probe(x[train_idx], control[train_idx], n_classes=n_classes)
+        truth[name] = probing.accuracy(probe, x[test_idx], control[test_idx])
+    if model_name != "toy-lm":
+        print(f"The prediction was about toy-lm; on {model_name} the control probes reach "
+              + ", ".join(f"{k} {v:.2f}" for k, v in truth.items()) + " (not graded).")
+        return truth
+    first, last = names[0], names[-1]
+    if abs(truth[first] - truth[last]) > 0.1 and (guess[first] - guess[last]) * (truth[first] - truth[last]) <= 0:
+        raise CheckFailed(
+            ex,
+            f"the order is the wrong way round: where does the word's identity, the only thing a control label depends on, stay easier to read, "
+            f"in the {first} or in the {last}?",
+        )
+    for name in names:
+        if abs(guess[name] - truth[name]) > tolerance:
+            how = "high" if guess[name] > truth[name] else "low"
+            raise CheckFailed(
+                ex,
+                f"your guess for the {name} is too {how} (more than {tolerance} away). A control label is a function of the word alone: "
+                f"how many word types can a linear map in this many dimensions tell apart there, and how much does context blur them?",
+            )
+    passed(ex, "within " + f"{tolerance} of the measured control accuracies (" + ", ".join(f"{k} {v:.2f}" for k, v in truth.items()) + ").")
+    return truth
+
+
 # 08.4 ---------------------------------------------------------------------------------
 
 
-def reference_selectivity(x, y, control, train_idx, test_idx) -> float:
-    """Test accuracy of a linear probe on the task minus that of the same probe on the control task."""
-    n_classes = int(max(y.max(), control.max())) + 1
-    task = probing.train_probe(x[train_idx], y[train_idx], n_classes=n_classes)
-    ctrl = probing.train_probe(x[train_idx], control[train_idx], n_classes=n_classes)
-    return probing.accuracy(task, x[test_idx], y[test_idx]) - probing.accuracy(ctrl, x[test_idx], control[test_idx])
-
-
-def _selectivity_variant(x, y, control, train_idx, test_idx, *, score_on="test", control_target="control", train_control=True, sign=1.0):
-    n_classes = int(max(y.max(), control.max())) + 1
-    rows = test_idx if score_on == "test" else train_idx
-    task = probing.train_probe(x[train_idx], y[train_idx], n_classes=n_classes)
-    ctrl = probing.train_probe(x[train_idx], (control if train_control else y)[train_idx], n_classes=n_classes)
-    target = control if control_target == "control" else y
-    return sign * (probing.accuracy(task, x[rows], y[rows]) - probing.accuracy(ctrl, x[rows], target[rows]))
-
-
-def _random_probe_data(seed: int) -> dict:
-    """Tokens of 80 word types in 12 dims; the label is a linear function of the type's vector."""
+def _redundant_data(seed: int, n: int = 600, d: int = 16) -> tuple[Tensor, Tensor]:
+    """Two classes whose means differ along several directions, in anisotropic noise: one round of INLP is not enough."""
     gen = torch.Generator().manual_seed(seed)
-    vectors = torch.randn(80, 12, generator=gen)
-    types = torch.randint(0, 80, (800,), generator=gen)
-    x = vectors[types] + 0.3 * torch.randn(800, 12, generator=gen)
-    y = (vectors @ torch.randn(12, generator=gen) > 0).long()[types]
-    control = probing.control_labels(types, y, seed=seed)
-    train, test = probing.train_test_split(800, 0.3, seed=seed)
-    return dict(x=x, y=y, control=control, train_idx=train, test_idx=test)
+    y = torch.randint(0, 2, (n,), generator=gen)
+    basis = torch.linalg.qr(torch.randn(d, d, generator=gen))[0]
+    noise = (torch.randn(n, d, generator=gen) * torch.logspace(-0.5, 0.5, d)) @ basis.T
+    shift = (basis[:, :4] + 0.5 * torch.randn(d, 4, generator=gen)).sum(1)
+    return noise + 0.6 * (2 * y[:, None] - 1).float() * shift, y
 
 
-_SELECTIVITY_MISTAKES = {
-    "you scored the probes on the rows they were trained on; selectivity compares accuracies on held-out rows (test_idx).": lambda **c: _selectivity_variant(**c, score_on="train"),
-    "score the control probe against the control labels, not the task's labels.": lambda **c: _selectivity_variant(**c, control_target="task"),
-    "you trained both probes on the task's labels: the second probe learns the control labels.": lambda **c: _selectivity_variant(**c, train_control=False),
-    "selectivity is task accuracy minus control accuracy, not the other way round.": lambda **c: _selectivity_variant(**c, sign=-1.0),
-}
+def _as_matrix(out: Any, d: int, exercise: str) -> Tensor:
+    plain = _plain(out)
+    if isinstance(plain, (tuple, list)) and len(plain) == 2 and not np.isscalar(plain[0]):
+        raise CheckFailed(exercise, f"return the projection matrix alone (a [{d}, {d}] tensor), not a pair.")
+    try:
+        array = np.asarray(plain, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.shape != (d, d):
+        got = f"shape {array.shape}" if array is not None else _describe(plain)
+        raise CheckFailed(exercise, f"return the projection as a [d, d] matrix (here [{d}, {d}]), got {got}.")
+    if not np.isfinite(array).all():
+        raise CheckFailed(exercise, "your projection has NaN or infinite entries.")
+    return torch.from_numpy(array).float()
 
 
-def check_selectivity(learner: Callable, x, y, control, train_idx, test_idx) -> None:
-    """``selectivity(x, y, control, train_idx, test_idx)``: task minus control test accuracy."""
-    cases = [
-        dict(x=x, y=y, control=control, train_idx=train_idx, test_idx=test_idx),
-        # accuracies are coarse: every mistake at least 0.02 away from the answer (the check allows 0.01)
-        separating_case(_random_probe_data, reference_selectivity, _SELECTIVITY_MISTAKES.values(), fresh_seed(), tol=0.02, tries=20),
-    ]
-    check_function(
-        "08.4",
-        learner,
-        reference_selectivity,
-        cases,
-        mistakes=_SELECTIVITY_MISTAKES,
-        hint="train one linear probe on y and one on control (train rows), score each on the test rows against its own labels, subtract.",
-        success="your selectivity matches",
-        atol=0.01,
-        rtol=0.0,
-    )
+def check_inlp(learner: Callable, x: Float[Tensor, "n d"], y: Int[Tensor, "n"]) -> None:
+    """``inlp(x, y, n_iterations)``: the projection onto what is left after removing every probe direction found.
+
+    On the notebook's example (3 rounds) the answer must be a projection removing 1 to 3 directions; on
+    two fresh random inputs (10 rounds, data where the label is readable along several directions)
+    a fresh linear probe on the projected data must also be at chance.
+    """
+    ex = "08.4"
+    if not callable(learner):
+        raise CheckFailed(ex, f"expected a function, got {type(learner).__name__}.")
+    cases = [(torch.as_tensor(x).float().clone(), torch.as_tensor(y).long().clone(), 3, False)]
+    cases += [(*_redundant_data(fresh_seed()), 10, True) for _ in range(2)]
+    for i, (xs, ys, rounds, at_chance) in enumerate(cases):
+        where = "on the notebook's example" if i == 0 else "on a fresh random input"
+        d = xs.shape[1]
+        P = _as_matrix(call_learner(ex, learner, xs, ys, rounds), d, ex)
+        if (P - P.T).abs().max() > 1e-3:
+            raise CheckFailed(ex, f"{where} your matrix is not symmetric, so it is not an orthogonal projection: remove directions with unit vectors that are orthogonal to each other (an orthonormal basis of everything removed so far).")
+        if (P @ P - P).abs().max() > 1e-3:
+            raise CheckFailed(ex, f"{where} projecting twice changes the result again (P P is not P): remove each direction with its unit vector, and make the removed directions orthonormal, so that a removed direction stays removed.")
+        removed = d - float(torch.trace(P))
+        if removed < 0.5:
+            raise CheckFailed(ex, f"{where} your projection removes nothing: it should remove the directions the probes use.")
+        if removed > rounds + 0.5:
+            raise CheckFailed(
+                ex,
+                f"{where} your projection removes about {removed:.0f} of {d} dimensions after {rounds} rounds; with two classes each round removes one direction. "
+                "Keep everything except the removed directions (the identity minus the projection onto them), not only the directions themselves.",
+            )
+        if at_chance:
+            projected = xs @ P
+            probe = probing.train_probe(projected, ys)
+            acc = probing.accuracy(probe, projected, ys)
+            majority = max(ys.float().mean().item(), 1 - ys.float().mean().item())
+            if acc > majority + 0.08:
+                hint = (
+                    f"{where} a fresh linear probe still reads the label from your projected data ({acc:.0%} on the training data; chance is {majority:.0%}). "
+                )
+                if removed < 1.5:
+                    hint += "You removed a single direction: retrain a probe on the projected data in every round and remove its direction too, keeping all the earlier ones removed."
+                else:
+                    hint += "Train each round's probe on the data projected so far (not on the original data), and keep every direction found so far removed."
+                raise CheckFailed(ex, hint)
+    passed(ex, "a symmetric, idempotent projection, one direction per round, and a fresh probe at chance afterwards (the example and 2 fresh random inputs).")
 
 
 # 08.5 ---------------------------------------------------------------------------------
 
+END_POSITION_OPTIONS = {
+    "A": "the model decides agreement at the last position, along the probe's direction",
+    "B": "the subject's number at the last position plays no part in agreement at all",
+    "C": "the last position carries a minor part of the decision; most of it is taken later, by reading the subject position",
+    "D": "the logistic probe found the wrong direction; the difference-of-means direction flips agreement at the last position",
+}
+_END_POSITION_ANSWER = ('1e8d816ebecee4ed', '5ae43d447ca4dcc6336520732276a6e6', 'oUT+X1ZO8Byf1nNGIbsCvC06L3DAvz7SxUtpqsmrXhSdgxpqEft8/X+a15CDhIrnvUlX4RhdyTnz5dWSPix7lybIvGVf3KsYTSgZOhg1t3Uqgx3up25Ud2HA6yQh+dfy3w0PIym7NaM8OKvPRuhCCMHWjBKDzgbws2q1WAaCaGuvYx1GFVnk5ZSMp7Grx9KEkW9KTSihiNLGspxkL4fCKmGviR2KXAKm8MCrXlsQcyL/kUJkUYUcecCeGSARX2ABQ2Il/xyr7LFdCmh51uNRVrrD+N1+uW4eJFCyEQV8LnhYu47Q5tgRU9SKiWk75YAk3V1HLqvlPK06SXQmiOYfuUTodZE4wlRzL6jLlQ7gcLNxf9hFcMebUrkfwzAIxDbHt85wNwISbxpLkm42xGekdyHcd4WgsyMLonIk8Zbcfuw/fzLJTXWeDv+hpCJkKSOsxyFV31NyBjzQpS7X2kw4TFnStyU24GT8HDv6dnr1ctaf7i5A4vcC13vyubIPeoeVWzjfiGiAptqOWsXv1JcDaEyEnxGDsTqvoUmiyXITeDlv88cpcDstR1jbmp1Bou7jZj1Kcct6Ckzd1OHK7reWABuTbfyXEZ78X5/eASSe9AI8WNhetP1V4gQWIpIowNZKUqcC5+eCoPK8jlq+k9Z/0JS5rSXsDk4C8C6wFjsKV3iVBfDD4U/BIyD8cpdzpPJEJBL/PTMu8ouYJEFeQr/BSLgv7XbAmZek+M+DB5/f78QkV34gLot2HDHLoNeMV5cgluJ49N5lcKTO8xA6DrDVjnQEdOSWfRAMfWvpKbVrgvDjCT8wt+rGwdP5OG3jts3e7sG//bYgkYMO+0E=')
 
-def reference_reflect(h: Float[Tensor, "n d"], direction: Float[Tensor, "d"], offset: float) -> Float[Tensor, "n d"]:
-    """Mirror every row of h in the hyperplane direction . h + offset = 0."""
-    return h - 2 * ((h @ direction + offset) / direction.dot(direction))[:, None] * direction
 
-
-def check_reflect(learner: Callable, h: Float[Tensor, "n d"], direction: Float[Tensor, "d"], offset: float) -> None:
-    """``reflect(h, direction, offset)``: the probe's logit difference changes sign, nothing else changes."""
-    gen = torch.Generator().manual_seed(fresh_seed())
-    w = torch.randn(16, generator=gen)
-    w = w * (2.0 + 3 * torch.rand(1, generator=gen)) / w.norm()  # |w| between 2 and 5, never 1
-    cases = [
-        dict(h=h, direction=direction, offset=offset),
-        dict(h=3 * torch.randn(20, 16, generator=gen), direction=w, offset=float(torch.randn(1, generator=gen)) + 1.0),
-    ]
-
-    def variant(h, direction, offset, *, factor=2.0, power=2, use_offset=True):
-        margin = h @ direction + (offset if use_offset else 0.0)
-        return h - factor * (margin / direction.norm() ** power)[:, None] * direction
-
-    check_function(
+def check_end_position(answer: Any) -> None:
+    """Which reading of the last-position evidence (section 8, toy-lm) the controls support."""
+    check_choice(
         "08.5",
-        learner,
-        reference_reflect,
-        cases,
-        mistakes={
-            "you flipped the whole vector (-h): only the component along the probe direction should change sign; everything orthogonal to it stays.": lambda h, direction, offset: -h,
-            "you used the unnormalised weight: the distance to the boundary is (w·h + b) / |w|, along the unit vector w / |w|, so divide by |w|² in all.": lambda **c: variant(**c, power=0),
-            "you divided by |w| once; the step is (w·h + b) / |w| along the unit vector w / |w|, that is (w·h + b) / |w|² times w.": lambda **c: variant(**c, power=1),
-            "you reflected in the hyperplane w·h = 0 through the origin; the probe's decision boundary is w·h + b = 0, so include the offset.": lambda **c: variant(**c, use_offset=False),
-            "you moved h onto the decision boundary (factor 1); a reflection goes as far again, to the other side (factor 2).": lambda **c: variant(**c, factor=1.0),
+        answer,
+        END_POSITION_OPTIONS,
+        _END_POSITION_ANSWER,
+        hints={
+            "A": "a perfect probe says the number can be read there; look at what reflecting along its direction, and replacing the whole residual there, did to agreement.",
+            "B": "look at the patch of the whole last-position residual after the later layers: does it keep all of the behaviour, and does the same-number control explain the gap?",
+            "D": "compare the two probe directions' rows in the reflection table: did either one reverse agreement at the last position, beyond its random control?",
         },
-        hint="h - 2 (h·w + b) / |w|² w for every row: the probe's logit difference w·h + b changes sign and keeps its size.",
-        success="your reflection matches",
     )
