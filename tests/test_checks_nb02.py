@@ -258,6 +258,7 @@ def unseeded(tokens, seq_len, seed):
         (lambda tokens, seq_len, seed: torch.where(torch.arange(tokens.shape[1]) < seq_len + 1, tokens[0, 0], tokens), "contain the BOS token"),
         (lambda tokens, seq_len, seed: tokens.roll(1, dims=1), "keep the first token"),
         (lambda tokens, seq_len, seed: tokens.float(), "integer token ids"),
+        (lambda tokens, seq_len, seed: torch.cat([tokens[:, :1], tokens[:, 1:].roll(1, dims=0) + 10_000], 1), "outside the vocabulary"),
         (lambda tokens, seq_len, seed: tokens.tolist(), "must return a tensor"),
         (in_place, "in place"),
         (unseeded, "same seed"),

@@ -344,6 +344,8 @@ def check_corruption(
             where = "on the notebook's batch" if i == 0 else "on a fresh random batch"
             raise CheckFailed("02.5", f"{where}: {problem}")
         if i == 0:
+            if int(got.min()) < 0 or int(got.max()) >= model.cfg.d_vocab:
+                raise CheckFailed("02.5", f"your corrupted batch holds ids outside the vocabulary (0 to {model.cfg.d_vocab - 1}): return token ids.")
             corrupted = got.to(tokens.device)
     clean_loss = induction.repeat_loss(model, tokens, seq_len)
     if not clean_loss < 0.5 * baseline:
