@@ -112,6 +112,7 @@ class Options:
     timeout_cell: float = 600
     timeout_notebook: float = 3600
     memory_mb: int = 4096
+    secret: str | None = None  # the course secret of the capstone's mystery models (notebook 09)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class Result:
     student: str
     path: Path
     notebook: str | None = None
-    points: dict[str, int] = field(default_factory=dict)
+    points: dict[str, float] = field(default_factory=dict)  # whole points, but partial for the capstone
     status: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     feedback: list[str] = field(default_factory=list)
@@ -283,6 +284,13 @@ def rebuild(nb: nbformat.NotebookNode, cnb: CourseNotebook, course: Course, resu
             new.outputs, new.execution_count = [], None
         if cell.id in exercise_of and not any(c.metadata.get(KEY, {}).get("role") == BASELINE_ROLE for c in out.cells):
             out.cells.append(_baseline_cell(course))  # before any of the student's code runs
+        if cell.metadata.get(KEY, {}).get("role") == STUDENT_ID_ROLE:
+            # The course's cell, run with the id the student set (as a literal, whatever they wrote).
+            from mi_course.checks.nb09 import STUDENT_ID_LINE, submitted_student_id
+
+            sid = submitted_student_id(c.source for c in code)
+            if sid is not None:
+                new.source = STUDENT_ID_LINE.sub(lambda _: f"STUDENT_ID = {sid!r}", new.source, count=1)
         if cell.id in exercise_of:
             ex = exercise_of[cell.id]
             theirs = by_id.get(cell.id) or by_exercise.get(ex.id)
@@ -468,6 +476,8 @@ def grade_notebook(student: str, path: Path, course: Course, options: Options) -
             result.feedback.append("Your notebook could not be graded; see the status above.")
         else:
             score(result, run, cnb, cells, tampered_from)
+            if cnb.name == CAPSTONE:
+                score_capstone(result, run, cnb, cells, options.secret)
     except GradeError as err:
         result.status.append(str(err))
     except Exception as err:  # a malformed submission must not stop the batch
@@ -542,6 +552,39 @@ def score(result: Result, run: nbformat.NotebookNode, cnb: CourseNotebook, cells
             result.outcomes[ex.id] = Outcome("not-attempted", "no-answer", "the stub was left in")
         if meta.get("claimed") and not passed:
             result.flags.append(f"the submitted outputs claim exercise {ex.id} passed, but it failed when re-run")
+
+
+CAPSTONE = "09_find_the_circuit"
+STUDENT_ID_ROLE = "student-id"  # a course cell whose STUDENT_ID literal the grader takes from the submission
+
+
+def score_capstone(result: Result, run: nbformat.NotebookNode, cnb: CourseNotebook, cells: dict[str, CellResult], secret: str | None) -> None:
+    """Notebook 09: the circuit and the roles earn partial points, by their overlap with the truth
+    of the model of the submission's own ``STUDENT_ID``. Scored here, outside the student's kernel
+    (which never sees the secret), from the answers the check cells recorded when re-run."""
+    from mi_course.checks import nb09
+
+    sid = nb09.submitted_student_id(c.source for c in run.cells if c.cell_type == "code")
+    if sid is None:
+        result.status.append("no STUDENT_ID in the submission: the capstone cannot be scored")
+        return
+    if secret is None:
+        result.flags.append(f"capstone scored against the open self-study model of {sid!r}: no course secret was given")
+    elif sid.strip().lower() == "self-study":
+        result.flags.append("STUDENT_ID was left as 'self-study': scored against the open practice model")
+    stdout = {e.id: cells.get(e.check_cell, CellResult("missing")).stdout for e in cnb.exercises}
+    for ex_id, got in nb09.score_submission(stdout, sid, secret).items():
+        ex = next(e for e in cnb.exercises if e.id == ex_id)
+        if result.outcomes.get(ex_id, Outcome("passed")).mistake == "withheld":
+            continue
+        points = round(got.fraction * ex.points, 1)
+        result.points[ex_id] = points
+        result.feedback = [f for f in result.feedback if not f.startswith(f"Exercise {ex_id}:")]
+        result.feedback.append(f"Exercise {ex_id}: {points:g}/{ex.points}, scored against your model's truth: {got.feedback}")
+        if got.fraction == 1.0:
+            result.outcomes[ex_id] = Outcome("passed")
+        elif ex_id not in result.stubs:
+            result.outcomes[ex_id] = Outcome("mistake", "partial", got.feedback)
 
 
 def _outcome(exercise: str, res: CellResult, hint: str | None, why: str) -> Outcome:
@@ -647,13 +690,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout-notebook", type=float, default=Options.timeout_notebook, metavar="S", help="seconds per notebook (default %(default)g)")
     parser.add_argument("--memory", type=int, default=Options.memory_mb, metavar="MB", help="address-space cap per submission (default %(default)d)")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="submissions graded in parallel (default 1)")
+    parser.add_argument("--secret-file", type=Path, default=None, metavar="FILE", help="the course secret of the capstone's mystery models (default: $MI_COURSE_SECRET)")
     parser.add_argument("--course", type=Path, default=None, metavar="DIR", help="course root holding notebooks/ (default: this repository)")
     args = parser.parse_args(argv)
     try:
         if not args.submissions.is_dir():
             raise GradeError(f"{args.submissions} is not a folder")
         course = load_course(args.course)
-        options = Options(args.timeout_cell, args.timeout_notebook, args.memory)
+        secret = args.secret_file.read_text().strip() if args.secret_file else os.environ.get("MI_COURSE_SECRET") or None
+        options = Options(args.timeout_cell, args.timeout_notebook, args.memory, secret)
         results = grade(args.submissions, args.out, course, options, args.jobs)
     except GradeError as err:
         print(f"mi-course grade: {err}", file=sys.stderr)

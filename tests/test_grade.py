@@ -370,3 +370,37 @@ def test_calling_the_courses_own_implementation_is_flagged_for_review():
         assert not [f for f in result.flags if "to review" in f], (name, result.flags)
     sae_cell = "def encode_decode(sae: sae.SAE, x):\n    f = sae.encode(x)\n    return f, sae.decode(f)"
     assert integrity.reference_uses(sae_cell, course.references["07.1"], course.notebooks["07_sparse_autoencoders"].imports)
+
+
+@pytest.mark.skipif(not (ROOT / "solutions" / "09_find_the_circuit.ipynb").exists(), reason="capstone not written yet")
+def test_capstone_scores_against_the_submitting_students_model(tmp_path, monkeypatch):
+    """Two students hand in the same literal answers (right for alice's model): the grader scores
+    each against the truth of their own STUDENT_ID with the course secret, so bob scores less."""
+    from mi_course import mystery
+
+    secret = "the course secret"
+    truth = mystery.student_truth("alice", secret)
+    mystery.write_class(secret, ["alice", "bob"], tmp_path / "models")
+    monkeypatch.setenv(mystery.DIR_ENV, str(tmp_path / "models"))
+    course = grade.load_course(real_course(tmp_path / "course", "09_find_the_circuit"))
+    (tmp_path / "in").mkdir()
+    for sid in ("alice", "bob"):
+        nb = nbformat.read(ROOT / "notebooks" / "09_find_the_circuit.ipynb", as_version=4)
+        for cell in nb.cells:
+            ex = cell.metadata.get("mi_course", {}).get("exercise")
+            if cell.id == "nb09-student":
+                cell.source = cell.source.replace('STUDENT_ID = "self-study"', f'STUDENT_ID = "{sid}"')
+            elif ex == "09.1" and cell.metadata["mi_course"].get("role") != "check":
+                cell.source = f"my_circuit = {sorted(map(repr, truth.circuit.edges))!r}"
+            elif ex == "09.2" and cell.metadata["mi_course"].get("role") != "check":
+                cell.source = f"my_roles = {truth.roles!r}"
+        nbformat.write(nb, tmp_path / "in" / f"{sid}.ipynb")
+    results = grade.grade(tmp_path / "in", tmp_path / "out", course, grade.Options(timeout_cell=300, secret=secret), jobs=2, progress=False)
+    by_student = {r.student: r for r in results}
+    alice, bob = by_student["alice"], by_student["bob"]
+    assert alice.points["09.1"] == 10 and alice.points["09.2"] == 6, alice.feedback
+    assert (bob.points["09.1"], bob.points["09.2"]) != (10, 6)
+    assert bob.points["09.1"] < 10 or bob.points["09.2"] < 6
+    assert any("scored against your model's truth" in f for f in bob.feedback)
+    assert alice.points["09.3"] == alice.points["09.4"] == 0  # the written answers were left as stubs
+    assert alice.status == bob.status == ["ok"] and not alice.flags

@@ -490,7 +490,7 @@ def call_learner(exercise: str, learner: Callable, *args: Any, unchanged: Iterab
     try:
         got = learner(*copies, **kw_copies)
     except NotImplementedError:
-        raise CheckFailed(exercise, "not implemented yet: replace the `raise NotImplementedError` line.") from None
+        raise CheckFailed(exercise, "not implemented yet: replace the `raise NotImplementedError` line.", "no-answer") from None
     except CheckFailed:
         raise
     except RecursionError:
