@@ -130,13 +130,21 @@ def test_direct_vs_total_prediction_is_graded_by_running(example, capsys):
     args = tuple(example[k] for k in ("model", "tokens", "cache", "answers", "wrong_answers"))
     layer, head = residual.top_components(residual.head_dla(*args[:1], args[2], *args[3:]).mean(-1), 1)[0]
     direct, total = nb01.drops(*args, layer, head)
-    truth = "B" if total > 1.2 * direct else "C" if total < 0.8 * direct else "A"
+    truth = "B" if total / direct > 1.2 else "C" if total / direct < 0.8 else "A"
     nb01.check_direct_vs_total(truth.lower(), *args)
     assert "✓ Exercise 01.3 passed" in capsys.readouterr().out
     for wrong in sorted(set("ABC") - {truth}):
         fails_with(nb01.check_direct_vs_total, wrong, *args, hint="not on this model")
+    wrong = sorted(set("ABC") - {truth})[0]
+    nb01.check_direct_vs_total(wrong, *args, graded=False)
+    out = capsys.readouterr().out
+    assert "not graded on this model" in out and f"you predicted {wrong}" in out and "passed" not in out
     fails_with(nb01.check_direct_vs_total, None, *args, hint="no prediction yet")
     fails_with(nb01.check_direct_vs_total, "E", *args, hint="give one letter")
+
+
+def test_direct_vs_total_options_follow_the_ratio():
+    assert [nb01._direct_vs_total_option(d, t) for d, t in [(1.0, 2.0), (1.0, 0.5), (1.0, 1.1), (-1.0, -2.0), (-1.0, -0.5), (-1.0, 1.0)]] == ["B", "C", "A", "B", "C", "C"]
 
 
 # 01.4 interpretation

@@ -264,15 +264,33 @@ def drops(model: HookedTransformer, tokens, cache, answers, wrong_answers, layer
     return (clean - direct).mean().item(), (clean - total).mean().item()
 
 
-def check_direct_vs_total(prediction: object, model: HookedTransformer, tokens, cache, answers, wrong_answers) -> None:
-    """Grade a prediction of how the top-DLA head's total drop compares with its direct drop, by running both."""
+def _direct_vs_total_option(direct: float, total: float) -> str:
+    """The option of DIRECT_VS_TOTAL that holds: the ratio of total to direct drop (sign-safe for a negative direct drop)."""
+    if abs(direct) < 1e-6:
+        return "A" if abs(total) < 1e-6 else "B"
+    ratio = total / direct
+    return "B" if ratio > 1.2 else "C" if ratio < 0.8 else "A"
+
+
+def check_direct_vs_total(prediction: object, model: HookedTransformer, tokens, cache, answers, wrong_answers, *, graded: bool = True) -> None:
+    """Grade a prediction of how the top-DLA head's total drop compares with its direct drop, by running both.
+
+    The prediction is about toy-lm; with ``graded=False`` (another model) the check only prints
+    which option holds on the model at hand.
+    """
     if prediction is None or prediction is Ellipsis:
         raise CheckFailed("01.3", "no prediction yet: fill in the exercise cell above.")
     if not isinstance(prediction, str) or prediction.strip().upper() not in DIRECT_VS_TOTAL:
         raise CheckFailed("01.3", f"give one letter as a string, one of {sorted(DIRECT_VS_TOTAL)}, not {prediction!r}.")
     layer, head = residual.top_components(residual.head_dla(model, cache, answers, wrong_answers).mean(-1), 1)[0]
     direct, total = drops(model, tokens, cache, answers, wrong_answers, layer, head)
-    truth = "B" if total > 1.2 * direct else "C" if total < 0.8 * direct else "A"
+    truth = _direct_vs_total_option(direct, total)
+    if not graded:
+        print(
+            f"01.3 not graded on this model (the prediction is about toy-lm): here the top head L{layer}H{head}'s total drop "
+            f"({total:+.2f}) is {DIRECT_VS_TOTAL[truth]} ({direct:+.2f}); you predicted {prediction.strip().upper()}."
+        )
+        return
     if prediction.strip().upper() == truth:
         passed("01.3", f"on this model the top head L{layer}H{head}'s total drop is {DIRECT_VS_TOTAL[truth]}. The next cell shows the figures.")
         return
