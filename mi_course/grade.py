@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -397,8 +398,12 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def run_notebook(nb: nbformat.NotebookNode, course: Course, options: Options) -> tuple[dict[str, CellResult] | None, str, bool]:
-    """Run under nbval in a fresh folder; returns the cell results (None if none), pytest's output, whether it timed out."""
+def run_notebook(
+    nb: nbformat.NotebookNode, course: Course, options: Options, prepare: Callable[[Path], None] | None = None
+) -> tuple[dict[str, CellResult] | None, str, bool]:
+    """Run under nbval in a fresh folder; returns the cell results (None if none), pytest's output, whether it timed out.
+
+    ``prepare(work)`` may put files next to the notebook first (the capstone's model file)."""
     with tempfile.TemporaryDirectory(prefix="mi-course-grade-") as tmp:
         # pytest runs in `results`, the kernel in `work`: a notebook that deletes its own
         # folder does not take the report with it.
@@ -406,6 +411,8 @@ def run_notebook(nb: nbformat.NotebookNode, course: Course, options: Options) ->
         work = results / "work"
         work.mkdir()
         nbformat.write(nb, work / "submission.ipynb")
+        if prepare is not None:
+            prepare(work)
         (results / "conftest.py").write_text(CONFTEST)
         (results / "pytest.ini").write_text("[pytest]\n")
         startup = Path(os.environ.get("IPYTHONDIR", Path.home() / ".ipython")) / "profile_default" / "startup"
@@ -467,7 +474,8 @@ def grade_notebook(student: str, path: Path, course: Course, options: Options) -
         result.notebook = cnb.name
         result.points = {e.id: 0 for e in cnb.exercises}
         run, tampered_from = rebuild(nb, cnb, course, result)
-        cells, result.log, timed_out = run_notebook(run, course, options)
+        prepare = _capstone_model(run, options.secret) if cnb.name == CAPSTONE else None
+        cells, result.log, timed_out = run_notebook(run, course, options, prepare)
         if timed_out:
             result.status.append(f"killed: the notebook ran longer than {options.timeout_notebook:g} s")
         if cells is None and not timed_out:
@@ -556,6 +564,23 @@ def score(result: Result, run: nbformat.NotebookNode, cnb: CourseNotebook, cells
 
 CAPSTONE = "09_find_the_circuit"
 STUDENT_ID_ROLE = "student-id"  # a course cell whose STUDENT_ID literal the grader takes from the submission
+
+
+def _capstone_model(run: nbformat.NotebookNode, secret: str | None) -> Callable[[Path], None] | None:
+    """With the course secret, the grader builds the student's model itself and puts its file next
+    to the notebook, where ``mystery.for_student`` finds it: no model files to keep for grading."""
+    from mi_course import mystery
+    from mi_course.checks.nb09 import submitted_student_id
+
+    sid = submitted_student_id(c.source for c in run.cells if c.cell_type == "code")
+    if secret is None or sid is None or sid.strip().lower() == "self-study":
+        return None
+
+    def prepare(work: Path) -> None:
+        model = mystery.build(mystery.student_key(secret, sid))
+        mystery.save(model, mystery.model_file(work, sid), sid)
+
+    return prepare
 
 
 def score_capstone(result: Result, run: nbformat.NotebookNode, cnb: CourseNotebook, cells: dict[str, CellResult], secret: str | None) -> None:

@@ -380,11 +380,12 @@ class Assignment:
 
 
 def for_student(student_id: str, directory: str | Path | None = None) -> Assignment:
-    """The student's graded model if their file is in ``directory`` (default: ``$MI_COURSE_MYSTERY_DIR``
-    or the working folder), else a self-study model on an open seed derived from the id."""
+    """The student's graded model if their file is in ``directory`` (default: ``$MI_COURSE_MYSTERY_DIR``,
+    then the working folder), else a self-study model on an open seed derived from the id."""
     sid = _student_id(student_id)
-    path = model_file(directory or os.environ.get(DIR_ENV) or ".", sid)
-    if path.exists():
+    folders = [directory] if directory else [f for f in (os.environ.get(DIR_ENV), ".") if f]
+    path = next((p for p in (model_file(f, sid) for f in folders) if p.exists()), None)
+    if path is not None:
         model, owner = load(path)
         if owner != sid:
             raise MysteryFileError(f"{path} was written for student {owner!r}, not {sid!r}: use your own file and id.")
