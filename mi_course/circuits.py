@@ -535,15 +535,16 @@ def minimality(
 
 
 def helper_search(
-    edge: Edge, circuit: frozenset[Edge], edges: frozenset[Edge], score: Score, max_helpers: int = 1
+    edge: Edge, circuit: frozenset[Edge], edges: frozenset[Edge], score: Score, max_helpers: int = 1, *, tol: float = 1e-4
 ) -> tuple[frozenset[Edge], float]:
     """Wang et al.'s minimality test of one edge v of a circuit C: look for a set K of other edges
     of C such that removing v on top of K changes faithfulness a lot,
     |F(C \\ K) − F(C \\ (K ∪ {v}))|, where F(C) = score(edges − C).
 
     Greedy: start from K = ∅ (leave-one-out); at each step add the edge of C \\ {v} that makes the
-    change largest (the first in sorted order on a tie); stop after `max_helpers` edges or when
-    no edge makes it larger. Returns the best K and its change.
+    change largest (the first in sorted order among those within `tol` of the largest, so that
+    rounding never decides); stop after `max_helpers` edges or when no edge makes it larger by
+    more than `tol`. Returns the best K and its change.
     """
     circuit, edges = frozenset(circuit), frozenset(edges)
     if edge not in circuit:
@@ -559,10 +560,12 @@ def helper_search(
         candidates = sorted(circuit - helpers - {edge})
         if not candidates:
             break
-        value, extra = max(((change(helpers | {e}), e) for e in candidates), key=lambda pair: pair[0])
-        if value <= best:
+        values = {e: change(helpers | {e}) for e in candidates}
+        value = max(values.values())
+        if value <= best + tol:
             break
-        helpers, best = helpers | {extra}, value
+        extra = next(e for e in candidates if values[e] >= value - tol)
+        helpers, best = helpers | {extra}, values[extra]
     return helpers, best
 
 

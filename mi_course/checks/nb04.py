@@ -9,7 +9,7 @@ mistake gives a different answer from the reference.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -17,18 +17,19 @@ from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from mi_course.checks.core import CheckFailed, check_function, close, fresh_seed, register_plain
+from mi_course.checks.core import CheckFailed, check_function, close, fresh_seed, passed, register_plain
 from mi_course.circuits import (
     Circuit,
     Edge,
-    edge_drops,
+    PatchedMetric,
+    acdc,
     edge_patching_hooks,
     faithfulness,
     graph,
     greedy_prune,
+    helper_search,
     knock_out,
     knockout,
-    receiver_node,
     run_with_edges_patched,
     sender_outputs,
     senders,
@@ -38,10 +39,10 @@ from mi_course.patching import metric_value
 __all__ = [
     "check_faithfulness",
     "check_greedy_prune",
-    "check_incompleteness",
-    "check_minimality",
+    "check_helper_search",
+    "check_knockout_design",
     "check_patch_edge",
-    "check_roc_point",
+    "check_rule_prediction",
 ]
 
 # The course's own implementation of each exercise: exercise code that calls one is flagged in the
@@ -50,8 +51,7 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "04.1": ("mi_course.circuits.run_with_edges_patched",),
     "04.2": ("mi_course.circuits.faithfulness",),
     "04.3": ("mi_course.circuits.greedy_prune", "mi_course.circuits.acdc"),
-    "04.5": ("mi_course.circuits.edge_drops", "mi_course.circuits.minimality"),
-    "04.6": ("mi_course.circuits.knockout", "mi_course.circuits.completeness"),
+    "04.5": ("mi_course.circuits.helper_search", "mi_course.circuits.wang_minimality"),
 }
 
 register_plain(Edge, lambda edge: ("Edge", edge.sender, edge.receiver))  # compared by value
@@ -397,7 +397,8 @@ def _each_alone(edges, score, threshold) -> frozenset:
 _GREEDY_MISTAKES: dict[str, Callable] = {
     "you compared each trial with the full model's score, score(∅): compare it with the current score, "
     "after the removals so far, and update the current score whenever you remove an edge.": _against_full_model,
-    "you used the signed change: an edge whose removal raises the score a lot matters too. Remove an edge only when |trial − current| < threshold.": _signed,
+    "you removed every edge whose removal raises the score: that is the one-sided rule, which section 4 compares later. "
+    "Here implement the absolute rule: remove an edge only when |trial − current| < threshold.": _signed,
     "you tested each edge alone, score({edge}) against score(∅): ACDC removes edges one after another, "
     "so test score(removed ∪ {edge}) against the current score.": _each_alone,
     "you returned the edges that were kept: return the set of REMOVED edges.": lambda edges, score, threshold: frozenset(edges) - _greedy(edges, score, threshold),
@@ -465,174 +466,175 @@ def check_greedy_prune(learner: Callable, edges: Sequence[Edge], score: Callable
 # 04.4 ---------------------------------------------------------------------------------
 
 
-def _roc_point(found, truth, all_edges) -> tuple[float, float]:
-    found, truth, all_edges = set(found), set(truth), set(all_edges)
-    return len(found - truth) / len(all_edges - truth), len(found & truth) / len(truth)
+def _heads(circuit: Circuit) -> set[str]:
+    return {n for n in circuit.nodes if n not in ("embed", "logits") and not n.startswith("MLP")}
 
 
-_ROC_MISTAKES: dict[str, Callable] = {
-    "you returned (tpr, fpr): return the false positive rate first, (fpr, tpr), the x and y of an ROC curve.": lambda found, truth, all_edges: _roc_point(found, truth, all_edges)[::-1],
-    "you divided the false positives by all edges: the false positive rate divides by the number of negatives, |all_edges − truth|.": lambda found, truth, all_edges: (
-        len(set(found) - set(truth)) / len(set(all_edges)),
-        _roc_point(found, truth, all_edges)[1],
-    ),
-    "you divided the false positives by |found|: that is 1 − precision. The false positive rate divides by the number of negatives, |all_edges − truth|.": lambda found, truth, all_edges: (
-        len(set(found) - set(truth)) / len(set(found)),
-        _roc_point(found, truth, all_edges)[1],
-    ),
-}
-
-
-def _roc_case(gen: torch.Generator) -> dict[str, Any]:
-    for _ in range(_TRIES):
-        all_edges = _fake_graph(gen)
-        truth = _subset(gen, all_edges, _uniform(gen, 0.1, 0.3))
-        found = _subset(gen, truth, _uniform(gen, 0.3, 0.9)) | _subset(gen, all_edges - truth, _uniform(gen, 0.05, 0.3))
-        if not truth or not found:
-            continue
-        case = dict(found=found, truth=truth, all_edges=set(all_edges))
-        answers = [_roc_point(**case)] + [wrong(**case) for wrong in _ROC_MISTAKES.values()]
-        if _distinct(answers):
-            return case
-    raise RuntimeError("could not draw a fresh case for 04.4")
-
-
-def check_roc_point(learner: Callable, found: set, truth: set, all_edges: set) -> None:
-    """``roc_point(found, truth, all_edges)``: ``(fpr, tpr)`` of the found edges against the true circuit's."""
-    gen = torch.Generator().manual_seed(fresh_seed())
-    cases = [dict(found=set(found), truth=set(truth), all_edges=set(all_edges))] + [_roc_case(gen) for _ in range(3)]
-    check_function(
-        "04.4",
-        lambda found, truth, all_edges: learner(set(found), set(truth), set(all_edges)),
-        _roc_point,
-        cases,
-        mistakes=_ROC_MISTAKES,
-        hint="tpr = |found ∩ truth| / |truth|, fpr = |found − truth| / |all_edges − truth|; return (fpr, tpr).",
-        success="a point of the ROC curve",
-    )
+def check_rule_prediction(
+    prediction: Any, model: HookedTransformer, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Callable, threshold: float
+) -> None:
+    """The heads in the circuit that ACDC finds with the absolute rule but not with the one-sided
+    rule, predicted before the run; graded by running both searches on the model at hand."""
+    absolute = acdc(model, clean_tokens, corrupted_tokens, metric, threshold, progress=False)
+    one_sided = acdc(model, clean_tokens, corrupted_tokens, metric, threshold, rule="one-sided", progress=False)
+    truth = _heads(absolute.circuit) - _heads(one_sided.circuit)
+    heads = [n for n in senders(model) if n != "embed" and not n.startswith("MLP")]
+    if prediction is None or prediction is Ellipsis:
+        raise CheckFailed("04.4", "set prediction to a set of head names, e.g. an empty set if you think the rules agree.")
+    if isinstance(prediction, str) or not isinstance(prediction, (set, frozenset, list, tuple)):
+        raise CheckFailed("04.4", f"prediction should be a set of head names such as {{'{heads[0]}'}}, got {type(prediction).__name__}.")
+    unknown = sorted(str(h) for h in prediction if h not in heads)
+    if unknown:
+        raise CheckFailed("04.4", f"{unknown} are not heads of this model; its heads are {heads}.")
+    prediction = set(prediction)
+    if prediction != truth:
+        missing, extra = truth - prediction, prediction - truth
+        parts = []
+        if missing:
+            parts.append(
+                "a head is missing from your set: the rules disagree only on a removal that RAISES the metric. "
+                "Which head's output works against the correct letter, so that the metric rises without it?"
+            )
+        if extra:
+            parts.append(
+                f"{sorted(extra)}: the rules agree on every removal that lowers the metric or leaves it unchanged, "
+                "so a head whose removal never raises the metric ends up in both circuits or in neither."
+            )
+        raise CheckFailed("04.4", " ".join(parts))
+    passed("04.4", f"the rules disagree on {sorted(truth)} (both searches run on this model)")
 
 
 # 04.5 ---------------------------------------------------------------------------------
 
 
-def _drops(circuit, all_edges, score) -> dict:
-    return edge_drops(frozenset(circuit), frozenset(all_edges), score)
+def _helper_change(edge, circuit, all_edges, score, max_helpers) -> float:
+    return helper_search(edge, frozenset(circuit), frozenset(all_edges), score, max_helpers)[1]
 
 
-def _in_full_model(circuit, all_edges, score) -> dict:
-    full = score(frozenset())
-    return {e: full - score(frozenset({e})) for e in circuit}
+def _greedy_helpers(change: Callable, edge, circuit, max_helpers: int, *, stop: bool = True) -> float:
+    """The greedy helper search around `change(helpers)`; without `stop` it goes on adding edges
+    when none helps and returns the change at the last step."""
+    helpers: frozenset = frozenset()
+    best = last = change(helpers)
+    for _ in range(max_helpers):
+        candidates = sorted(frozenset(circuit) - helpers - {edge})
+        if not candidates:
+            break
+        value, extra = max(((change(helpers | {e}), e) for e in candidates), key=lambda pair: pair[0])
+        if stop and value <= best:
+            break
+        helpers, last, best = helpers | {extra}, value, max(best, value)
+    return best if stop else last
 
 
-def _circuit_patched_drops(circuit, all_edges, score) -> dict:
-    circuit = frozenset(circuit)
-    return {e: score(circuit) - score(circuit - {e}) for e in circuit}
+def _leave_one_out(edge, circuit, all_edges, score, max_helpers) -> float:
+    return _helper_change(edge, circuit, all_edges, score, 0)
 
 
-def _without_edge(circuit, all_edges, score) -> dict:
-    rest = frozenset(all_edges) - frozenset(circuit)
-    return {e: score(rest | {e}) for e in circuit}
+def _in_full_model(edge, circuit, all_edges, score, max_helpers) -> float:
+    return _greedy_helpers(lambda k: abs(score(k) - score(k | {edge})), edge, circuit, max_helpers)
 
 
-_MINIMALITY_MISTAKES: dict[str, Callable] = {
-    "you measured each edge in the full model, score(∅) − score({e}): that is the edge's effect in the full model, not in the circuit. "
-    "Compare F(C) = score(all_edges − C) with F(C \\ {e}) = score((all_edges − C) ∪ {e}).": _in_full_model,
-    "the sign is flipped: return F(C) − F(C \\ {e}), positive when the circuit does worse without the edge.": lambda circuit, all_edges, score: {e: -v for e, v in _drops(circuit, all_edges, score).items()},
-    "you returned F(C \\ {e}) itself: subtract it from the circuit's own score, F(C) − F(C \\ {e}).": _without_edge,
-    "you patched the circuit's edges: the circuit's score F(C) patches every edge OUTSIDE it, score(all_edges − C).": _circuit_patched_drops,
+def _signed_change(edge, circuit, all_edges, score, max_helpers) -> float:
+    outside = frozenset(all_edges) - frozenset(circuit)
+    return _greedy_helpers(lambda k: score(outside | k) - score(outside | k | {edge}), edge, circuit, max_helpers)
+
+
+def _never_stops(edge, circuit, all_edges, score, max_helpers) -> float:
+    outside = frozenset(all_edges) - frozenset(circuit)
+    return _greedy_helpers(lambda k: abs(score(outside | k) - score(outside | k | {edge})), edge, circuit, max_helpers, stop=False)
+
+
+def _one_helper(edge, circuit, all_edges, score, max_helpers) -> float:
+    return _helper_change(edge, circuit, all_edges, score, min(max_helpers, 1))
+
+
+_HELPER_MISTAKES: dict[str, Callable] = {
+    "you returned the leave-one-out change (K = ∅) only: add helper edges of the circuit to K one at a time, "
+    "each time the one that makes the change largest.": _leave_one_out,
+    "you measured the changes in the full model: the circuit's faithfulness patches every edge OUTSIDE the circuit as well, "
+    "F(C \\ K) = score((all_edges − C) ∪ K) and F(C \\ (K ∪ {v})) = score((all_edges − C) ∪ K ∪ {v}).": _in_full_model,
+    "you used the signed change: Wang et al. ask whether removing v changes F a lot, in either direction; take |F(C \\ K) − F(C \\ (K ∪ {v}))|.": _signed_change,
+    "your search goes on when no edge makes the change larger, and returns the last change: stop as soon as the best "
+    "new helper does not raise the change, and return the largest change found.": _never_stops,
+    "you stopped after one helper: keep adding helpers (up to max_helpers) while the change keeps growing.": _one_helper,
 }
 
 
-def _minimality_case(gen: torch.Generator) -> dict[str, Any]:
+def _helper_case(gen: torch.Generator, sign: float) -> dict[str, Any]:
+    """A made-up graph and score, and a circuit of four edges: the edge v and three others. Removing
+    v alone changes the score a little; on top of h1 more, on top of h1 and h2 more still; h3
+    works the other way. One edge outside the circuit interacts with v too. With `sign` -1 every
+    change is negative, so that the signed and the absolute change pick different helpers."""
     for _ in range(_TRIES):
-        all_edges = _fake_graph(gen)
-        circuit = _subset(gen, all_edges, _uniform(gen, 0.1, 0.3))
-        if len(circuit) < 3:
-            continue
-        case = dict(circuit=circuit, all_edges=set(all_edges), score=_SyntheticScore(gen, all_edges, 0.05, pairs_per_edge=1.0))
-        answers = [_drops(**case)] + [wrong(**case) for wrong in _MINIMALITY_MISTAKES.values()]
+        all_edges = sorted(_fake_graph(gen))
+        picks = torch.randperm(len(all_edges), generator=gen)[:5].tolist()
+        v, h1, h2, h3, outside = (all_edges[i] for i in picks)
+        score = _SyntheticScore(gen, all_edges, 0.05, pairs_per_edge=0.3)
+        score.u = {pair: u for pair, u in score.u.items() if v not in pair}
+        score.w[v] = sign * _uniform(gen, 0.04, 0.06)
+        for other, value in [(h1, -_uniform(gen, 0.25, 0.4)), (h2, -_uniform(gen, 0.1, 0.2)), (h3, _uniform(gen, 0.1, 0.2))]:
+            score.u[min(v, other), max(v, other)] = sign * value
+        score.u[min(v, outside), max(v, outside)] = _uniform(gen, 0.01, 0.03) * (1.0 if _randint(gen, 0, 1) else -1.0)
+        case = dict(edge=v, circuit={v, h1, h2, h3}, all_edges=set(all_edges), score=score, max_helpers=3)
+        # with positive changes the signed mistake gives the right answer; the negative cases catch it
+        answers = [_helper_change(**case)] + [wrong(**case) for wrong in _HELPER_MISTAKES.values() if sign < 0 or wrong is not _signed_change]
         if _distinct(answers):
             return case
     raise RuntimeError("could not draw a fresh case for 04.5")
 
 
-def check_minimality(learner: Callable, circuit: set[Edge], all_edges: set[Edge], score: Callable) -> None:
-    """``minimality_scores(circuit, all_edges, score)``: for each edge e of the circuit,
-    F(C) − F(C \\ {e}), where F(C) = score(all_edges − C); a dict from edge to float."""
+def check_helper_search(learner: Callable, circuit: set[Edge], all_edges: set[Edge], score: Callable, edges: Iterable[Edge], max_helpers: int = 1) -> None:
+    """``minimality_with_helpers(edge, circuit, all_edges, score, max_helpers)``: Wang et al.'s
+    minimality of one edge v, the largest |F(C \\ K) − F(C \\ (K ∪ {v}))| found by the greedy
+    search for a helper set K (see ``mi_course.circuits.helper_search``); a float."""
     gen = torch.Generator().manual_seed(fresh_seed())
-    cases = [dict(circuit=set(circuit), all_edges=set(all_edges), score=score)] + [_minimality_case(gen) for _ in range(3)]
+    cases = [dict(edge=e, circuit=set(circuit), all_edges=set(all_edges), score=score, max_helpers=max_helpers) for e in edges]
+    cases += [_helper_case(gen, sign) for sign in (-1.0, 1.0, -1.0)]
 
-    def call(circuit, all_edges, score):
-        return learner(set(circuit), set(all_edges), score)  # values may be floats or 0-d tensors
+    def call(edge, circuit, all_edges, score, max_helpers):
+        result = learner(edge, set(circuit), set(all_edges), score, max_helpers)
+        if isinstance(result, tuple) and len(result) == 2:
+            raise CheckFailed("04.5", "return only the largest change (a number), not the helper set with it.")
+        return result
 
     check_function(
         "04.5",
         call,
-        _drops,
+        _helper_change,
         cases,
-        mistakes=_MINIMALITY_MISTAKES,
-        hint="for each edge e of the circuit, score(all_edges − C) − score((all_edges − C) ∪ {e}); return a dict {edge: drop}.",
-        success="the minimality score of every edge",
+        mistakes=_HELPER_MISTAKES,
+        hint="outside = all_edges − circuit; change(K) = |score(outside ∪ K) − score(outside ∪ K ∪ {edge})|. Start with K = ∅; "
+        "at each step try every other circuit edge w, keep the one with the largest change(K ∪ {w}), stop when it is not larger "
+        "than the best so far or after max_helpers steps; return the best change.",
+        success="Wang et al.'s minimality with a greedy helper search",
     )
 
 
 # 04.6 ---------------------------------------------------------------------------------
 
 
-def _gap(circuit, all_edges, nodes, score) -> float:
-    return knockout(frozenset(circuit), frozenset(all_edges), nodes, score).gap
-
-
-def _signed_gap(circuit, all_edges, nodes, score) -> float:
-    k = knockout(frozenset(circuit), frozenset(all_edges), nodes, score)
-    return k.circuit - k.model
-
-
-def _against_intact(circuit, all_edges, nodes, score) -> float:
-    return abs(knockout(frozenset(circuit), frozenset(all_edges), nodes, score).circuit - score(frozenset()))
-
-
-def _into_nodes(circuit, all_edges, nodes, score) -> float:
-    knocked = frozenset(e for e in all_edges if receiver_node(e.receiver) in set(nodes))
-    return abs(score(frozenset(all_edges) - frozenset(circuit) | knocked) - score(knocked))
-
-
-_INCOMPLETENESS_MISTAKES: dict[str, Callable] = {
-    "you compared with the intact model, score(∅): knock the same nodes out of the full model too, F(M \\ K) = score(knocked).": _against_intact,
-    "you knocked out the edges INTO the nodes: a node is knocked out by patching every edge it SENDS (edge.sender in nodes).": _into_nodes,
-    "you returned a signed difference: take the absolute value, |F(C \\ K) − F(M \\ K)|.": _signed_gap,
-    "you returned F(M \\ K) − F(C \\ K), a signed difference: take the absolute value, |F(C \\ K) − F(M \\ K)|.": lambda **case: -_signed_gap(**case),
-}
-
-
-def _incompleteness_case(gen: torch.Generator, sign: float) -> dict[str, Any]:
-    """A random case whose signed difference F(C \\ K) − F(M \\ K) has the sign `sign`."""
-    for _ in range(_TRIES):
-        all_edges = _fake_graph(gen)
-        circuit = _subset(gen, all_edges, _uniform(gen, 0.2, 0.5))
-        sending = sorted({e.sender for e in circuit})
-        if not sending:
-            continue
-        nodes = {_choice(gen, sending) for _ in range(_randint(gen, 1, 2))}
-        case = dict(circuit=circuit, all_edges=set(all_edges), nodes=nodes, score=_SyntheticScore(gen, all_edges, 0.05, pairs_per_edge=1.0))
-        answers = [_gap(**case)] + [wrong(**case) for wrong in list(_INCOMPLETENESS_MISTAKES.values())[:2]]
-        if _signed_gap(**case) * sign > 1e-3 and _distinct(answers):
-            return case
-    raise RuntimeError("could not draw a fresh case for 04.6")
-
-
-def check_incompleteness(learner: Callable, circuit: set[Edge], all_edges: set[Edge], nodes: set[str], score: Callable) -> None:
-    """``incompleteness(circuit, all_edges, nodes, score)``: |F(C \\ K) − F(M \\ K)| with the nodes K
-    knocked out (every edge they send patched) of the circuit and of the full model (a float)."""
-    gen = torch.Generator().manual_seed(fresh_seed())
-    cases = [dict(circuit=set(circuit), all_edges=set(all_edges), nodes=set(nodes), score=score)]
-    cases += [_incompleteness_case(gen, -1.0), _incompleteness_case(gen, 1.0), _incompleteness_case(gen, -1.0)]
-    check_function(
-        "04.6",
-        lambda circuit, all_edges, nodes, score: learner(set(circuit), set(all_edges), set(nodes), score),
-        _gap,
-        cases,
-        mistakes=_INCOMPLETENESS_MISTAKES,
-        hint="knocked = the edges whose sender is in `nodes`; return |score((all_edges − circuit) ∪ knocked) − score(knocked)|.",
-        success="the incompleteness score of one knockout",
-    )
+def check_knockout_design(knocked_out: Any, model: HookedTransformer, circuit: Circuit, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Callable) -> None:
+    """A set of nodes K whose knockout shows that `circuit` is incomplete: the circuit and the
+    model respond differently, |F(C \\ K) − F(M \\ K)| > 0.5, graded by running the knockout."""
+    names = [n for n in senders(model)]
+    if knocked_out is None or knocked_out is Ellipsis:
+        raise CheckFailed("04.6", "set knocked_out to a set of node names to knock out.")
+    if isinstance(knocked_out, str) or not isinstance(knocked_out, (set, frozenset, list, tuple)):
+        raise CheckFailed("04.6", f"knocked_out should be a set of node names such as {{'{names[1]}'}}, got {type(knocked_out).__name__}.")
+    unknown = sorted(str(n) for n in knocked_out if n not in names)
+    if unknown:
+        raise CheckFailed("04.6", f"{unknown} cannot be knocked out: the nodes are {names} (the logits send nothing).")
+    nodes = frozenset(knocked_out)
+    score = PatchedMetric(model, clean_tokens, corrupted_tokens, metric)
+    result = knockout(circuit.edges, score.edges, nodes, score)
+    if not nodes:
+        raise CheckFailed("04.6", f"with nothing knocked out the gap is 1 − faithfulness, {result.gap:.2f} here: knock something out.")
+    if result.gap > 0.5:
+        passed("04.6", f"knocking out {sorted(nodes)} gives the circuit {result.circuit:.2f} and the model {result.model:.2f}: the circuit is incomplete")
+        return
+    if result.model < 0.5:  # the model lost the behaviour (0) or worse
+        raise CheckFailed("04.6", f"this knockout removes the behaviour from the model too (F(M \\ K) = {result.model:.2f}, F(C \\ K) = {result.circuit:.2f}): "
+                          "the model had no spare for what you knocked out. Knock out something the model can do without.")
+    raise CheckFailed("04.6", f"the circuit and the model respond alike (F(C \\ K) = {result.circuit:.2f}, F(M \\ K) = {result.model:.2f}): "
+                      "knock out a component of the circuit whose job the model can also do in another way.")
