@@ -344,22 +344,23 @@ def test_real_notebook_00_solution_gets_full_marks_and_the_student_copy_none(tmp
 
 
 def test_calling_the_courses_own_implementation_is_flagged_for_review():
-    """Static, so no kernel: the 00.3 cell that returns mi_course.patching.ablate_head_hook is flagged (points
-    still come from the check), and no solution cell of any notebook is."""
+    """Static, so no kernel: a 00.3 cell that hands back the course's own normalisation
+    (mi_course.checks.nb00.normalised) is flagged (points still come from the check), and no
+    solution cell of any notebook is."""
     course = grade.load_course(ROOT)
     cnb = course.notebooks["00_mechanistic"]
     ex = next(e for e in cnb.exercises if e.id == "00.3")
     for source in [
-        "import mi_course.patching\ndef ablate_head_hook(head, mode='mean'):\n    return mi_course.patching.ablate_head_hook(head, mode)",
-        "from mi_course.patching import ablate_head_hook as reference\nablate_head_hook = reference",
-        "from mi_course import patching as p\ndef ablate_head_hook(head, mode='mean'):\n    return p.ablate_head_hook(head, mode)",
+        "import mi_course.checks.nb00\ndef normalised(clean, intervened, baseline):\n    return mi_course.checks.nb00.normalised(clean, intervened, baseline)",
+        "from mi_course.checks.nb00 import normalised as reference\nnormalised = reference",
+        "from mi_course.checks import nb00 as c\ndef normalised(clean, intervened, baseline):\n    return c.normalised(clean, intervened, baseline)",
     ]:
         nb = nbformat.read(ROOT / "notebooks" / "00_mechanistic.ipynb", as_version=4)
         next(c for c in nb.cells if c.id == ex.exercise_cell).source = source
         result = grade.Result("frank", Path("frank.ipynb"))
         _, tampered_from = grade.rebuild(nb, cnb, course, result)
         assert tampered_from is None, result.flags
-        assert any("to review: exercise 00.3 calls the course's reference implementation" in f and "mi_course.patching.ablate_head_hook" in f for f in result.flags), result.flags
+        assert any("to review: exercise 00.3 calls the course's reference implementation" in f and "mi_course.checks.nb00.normalised" in f for f in result.flags), result.flags
     for path in sorted((ROOT / "solutions").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         name = nb.metadata["mi_course"]["notebook"]

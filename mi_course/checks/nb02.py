@@ -31,7 +31,7 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "02.1": ("mi_course.induction.attention_pattern",),
     "02.2": ("mi_course.induction.induction_score",),
     "02.3": ("mi_course.induction.k_composed_qk",),
-    "02.5": ("mi_course.induction.corrupt_repeat", "mi_course.patching.resample_index"),
+    "02.5": ("mi_course.induction.corrupt_repeat",),  # resample_index is a tool the design may use
 }
 
 HEAD_AXIS_HINT = (
