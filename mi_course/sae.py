@@ -22,7 +22,7 @@ superposition (Elhage et al. 2022) stores more sparse features than it has dimen
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -37,22 +37,33 @@ __all__ = [
     "SAE",
     "LatentScore",
     "TopContext",
+    "add_to_latent",
+    "best_latent_heldout",
+    "binary_auc",
     "ce_loss_score",
     "compare_with_saelens",
     "dead_latents",
+    "edit_activation",
     "evaluate_sae",
     "explained_variance",
     "feature_recovery",
     "hook_activations",
     "l0",
+    "latent_ablation_effects",
     "latent_activations",
+    "latent_attribution",
+    "matched_random_latents",
+    "PCAReconstruction",
     "planted_features",
+    "run_with_latent_edit",
     "score_latents",
     "superposition_stats",
+    "token_identity_auc",
     "top_activating_contexts",
     "train_toy_superposition",
     "train_saelens_sae",
     "train_sae",
+    "zero_latents",
 ]
 
 
@@ -509,3 +520,213 @@ def superposition_stats(W: Float[Tensor, "instance d_hidden n_features"]) -> dic
     overlaps = (unit.transpose(1, 2) @ W).pow(2)
     interference = overlaps.sum(-1) - overlaps.diagonal(dim1=1, dim2=2)
     return {"norm": norms, "interference": interference, "represented": (norms > 0.5).sum(-1)}
+
+
+# Interventions on latents -------------------------------------------------------------------------------
+#
+# An SAE spliced into a model changes its output, because the reconstruction is not exact. To ask
+# what one latent does, keep the SAE's error term: the activation becomes x + decode(f') - decode(f),
+# where f are the latents of x and f' the edited latents. With no edit it is x itself (exactly), so
+# every difference comes from the edit.
+
+LatentEdit = Callable[[Tensor], Tensor]
+
+
+def zero_latents(latents: int | Sequence[int]) -> LatentEdit:
+    """An edit that ablates ``latents`` (sets them to 0 wherever they fire)."""
+    index = [latents] if isinstance(latents, int) else list(latents)
+
+    def edit(f: Tensor) -> Tensor:
+        f = f.clone()
+        f[..., index] = 0
+        return f
+
+    return edit
+
+
+def add_to_latent(latent: int, amount: float) -> LatentEdit:
+    """An edit that steers: adds ``amount`` to one latent (moves the activation along its decoder direction)."""
+
+    def edit(f: Tensor) -> Tensor:
+        f = f.clone()
+        f[..., latent] += amount
+        return f
+
+    return edit
+
+
+def edit_activation(
+    sae: Autoencoder, x: Float[Tensor, "... d_in"], edit: LatentEdit, positions: Int[Tensor, " batch"] | None = None
+) -> Float[Tensor, "... d_in"]:
+    """``x`` with its latents edited and the SAE's error term kept: x + decode(edit(f)) - decode(f).
+
+    ``positions`` (one per row of a ``[batch, pos, d]`` activation) limits the edit to those
+    tokens; ``None`` edits every token. With an edit that changes nothing, ``x`` comes back unchanged.
+    """
+    if positions is not None:
+        if x.ndim != 3 or positions.shape != (x.shape[0],):
+            raise ValueError(f"positions must give one position per prompt of a [batch, pos, d] activation, got {tuple(positions.shape)} for {tuple(x.shape)}.")
+        rows = torch.arange(x.shape[0])
+        out = x.clone()
+        out[rows, positions] = edit_activation(sae, x[rows, positions], edit)
+        return out
+    f = sae.encode(x)
+    return x + (sae.decode(edit(f)) - sae.decode(f)).to(x.dtype)
+
+
+def run_with_latent_edit(
+    model: HookedTransformer,
+    sae: Autoencoder,
+    hook_name: str,
+    tokens: Int[Tensor, "batch pos"],
+    edit: LatentEdit,
+    positions: Int[Tensor, " batch"] | None = None,
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """The model's logits with the SAE spliced in at ``hook_name`` (error term kept) and its latents edited."""
+    _check_hook(model, hook_name)
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook_name, lambda act, hook: edit_activation(sae, act, edit, positions))])
+
+
+def latent_attribution(
+    model: HookedTransformer,
+    sae: Autoencoder,
+    hook_name: str,
+    tokens: Int[Tensor, "batch pos"],
+    metric: Callable[[Tensor], Tensor],
+    positions: Int[Tensor, " batch"] | None = None,
+) -> Float[Tensor, " d_sae"]:
+    """Attribution patching on latents (notebook 06): the first-order change of ``metric`` when each latent is ablated.
+
+    With the SAE spliced in (error term kept), the estimate for latent j is
+    sum over tokens of (0 - f_j) * d metric / d f_j: one forward and one backward pass for all latents.
+    """
+    _check_hook(model, hook_name)
+    captured: dict[str, Tensor] = {}
+
+    def hook(act: Tensor, hook) -> Tensor:
+        f = sae.encode(act).detach()
+        if positions is not None:
+            f = f[torch.arange(act.shape[0]), positions]
+        f.requires_grad_(True)
+        captured["f"] = f
+        delta = sae.decode(f) - sae.decode(f.detach())  # zero in value, carries the gradient to f
+        if positions is None:
+            return act + delta
+        out = act.clone()
+        out[torch.arange(act.shape[0]), positions] += delta
+        return out
+
+    with torch.enable_grad():
+        value = metric(model.run_with_hooks(tokens, fwd_hooks=[(hook_name, hook)]))
+        (grad,) = torch.autograd.grad(value, captured["f"])
+    f = captured["f"].detach()
+    return (-f * grad).reshape(-1, f.shape[-1]).sum(0)
+
+
+@torch.no_grad()
+def latent_ablation_effects(
+    model: HookedTransformer,
+    sae: Autoencoder,
+    hook_name: str,
+    tokens: Int[Tensor, "batch pos"],
+    metric: Callable[[Tensor], Tensor],
+    latents: Sequence[int],
+    positions: Int[Tensor, " batch"] | None = None,
+) -> Float[Tensor, " n_latents"]:
+    """The exact change of ``metric`` when each of ``latents`` is ablated (one forward pass each)."""
+    base = metric(model(tokens)).item()
+    effects = [
+        metric(run_with_latent_edit(model, sae, hook_name, tokens, zero_latents(j), positions)).item() - base
+        for j in tqdm(latents, desc="ablating latents", disable=len(latents) < 50)
+    ]
+    return torch.tensor(effects)
+
+
+def matched_random_latents(
+    acts: Float[Tensor, "n d_sae"], latent: int, n: int, *, factor: float = 2.0, seed: int = 0
+) -> list[int]:
+    """The control for a latent intervention: ``n`` other latents whose mean activation (over the tokens
+    where they fire) is within ``factor`` of ``latent``'s, drawn at random.
+
+    Raises if fewer than ``n`` latents qualify: widen ``factor`` or use more tokens.
+    """
+    acts = acts.reshape(-1, acts.shape[-1])
+    fires = acts > 0
+    size = (acts * fires).sum(0) / fires.sum(0).clamp(min=1)
+    target = size[latent]
+    if target <= 0:
+        raise ValueError(f"latent {latent} never fires on these tokens; pick a live latent.")
+    ok = (size >= target / factor) & (size <= target * factor)
+    ok[latent] = False
+    candidates = ok.nonzero().flatten()
+    if len(candidates) < n:
+        raise ValueError(f"only {len(candidates)} latents have a mean activation within a factor {factor} of latent {latent}'s; need {n}.")
+    gen = torch.Generator().manual_seed(seed)
+    return sorted(candidates[torch.randperm(len(candidates), generator=gen)[:n]].tolist())
+
+
+# Baselines that keep the metrics honest -----------------------------------------------------------------
+
+
+class PCAReconstruction:
+    """The best k-dimensional linear code of activations, learned from ``train``: its top-k principal components.
+
+    The baseline for an SAE at L0 = k: k numbers per token, but the same k directions for every
+    token. It has ``encode`` and ``decode``, so the SAE metrics (and the CE loss score) apply to it.
+    """
+
+    def __init__(self, train: Float[Tensor, "n d"], k: int):
+        _check_activations(train)
+        if not 0 < k <= train.shape[1]:
+            raise ValueError(f"k must be between 1 and d={train.shape[1]}, got {k}.")
+        self.mean = train.mean(0)
+        self.basis = torch.linalg.svd(train - self.mean, full_matrices=False)[2][:k]
+
+    def encode(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... k"]:
+        return (x - self.mean) @ self.basis.T
+
+    def decode(self, codes: Float[Tensor, "... k"]) -> Float[Tensor, "... d"]:
+        return codes @ self.basis + self.mean
+
+
+def token_identity_auc(
+    train_tokens: Int[Tensor, " n"], train_labels: np.ndarray, test_tokens: Int[Tensor, " m"], test_labels: np.ndarray
+) -> float:
+    """How well the word alone predicts a binary label: AUC on held-out tokens of the score
+    "fraction of this token's training occurrences that had the label" (unseen tokens: the overall rate).
+
+    A latent's AUC means something about context only where it beats this baseline.
+    """
+    train_labels, test_labels = np.asarray(train_labels, dtype=bool), np.asarray(test_labels, dtype=bool)
+    if len(train_tokens) != len(train_labels) or len(test_tokens) != len(test_labels):
+        raise ValueError("need one label per token, in the same order, for both the training and the held-out tokens.")
+    rate: dict[int, list[int]] = {}
+    for token, label in zip(train_tokens.tolist(), train_labels.tolist()):
+        rate.setdefault(token, []).append(label)
+    prior = float(train_labels.mean())
+    score = np.array([np.mean(rate[t]) if t in rate else prior for t in test_tokens.tolist()])
+    return binary_auc(score, test_labels)
+
+
+def binary_auc(score: np.ndarray | Tensor, labels: np.ndarray) -> float:
+    """P(score of a random positive > score of a random negative), ties counting half."""
+    score = score.detach().cpu().numpy() if isinstance(score, Tensor) else np.asarray(score, dtype=float)
+    labels = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("the AUC needs both positive and negative tokens.")
+    ranks = rankdata(score)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def best_latent_heldout(
+    train_acts: Float[Tensor, "n d_sae"], train_labels: np.ndarray, test_acts: Float[Tensor, "m d_sae"], test_labels: np.ndarray
+) -> tuple[int, float, float]:
+    """Pick the latent with the highest AUC for a binary label on training tokens; score it on held-out tokens.
+
+    Returns (latent, training AUC, held-out AUC). Picking and scoring on the same tokens would
+    reward the luckiest of thousands of latents.
+    """
+    scores = score_latents(train_acts, np.asarray(train_labels, dtype=bool), min_count=1)
+    best = next(s for s in scores if s.label == "True")
+    return best.latent, best.auc, binary_auc(test_acts[:, best.latent], test_labels)

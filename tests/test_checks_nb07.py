@@ -6,188 +6,211 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mi_course import load_model
 from mi_course import sae as sae_lib
 from mi_course.checks import nb07
-from mi_course.checks.core import CheckFailed  # noqa: F401
+from mi_course.checks.core import CheckFailed
 from test_checks_core import assert_never_passes
 
 
 def fails_with(check, learner, *args, hint: str, **kwargs) -> None:
-    """Every check of this notebook is cheap: the wrong answer fails in each of 300 draws of fresh inputs, always with that hint."""
+    """The wrong answer fails in each of many draws of fresh inputs, always with that hint."""
     assert_never_passes(check, learner, *args, hint=hint, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def latents():
-    return nb07.sparse_latents(7, n=64, d_sae=32)
-
-
-# 07.1
-
-
-def test_l0(latents):
-    nb07.check_l0(sae_lib.l0, latents)
-    nb07.check_l0(lambda acts: float(sum(int(torch.count_nonzero(row)) for row in acts) / len(acts)), latents)
-
-    fails_with(nb07.check_l0, lambda acts: (acts != 0).sum(0).float().mean().item(), latents, hint="over the batch")
-    fails_with(nb07.check_l0, lambda acts: (acts != 0).float().mean().item(), latents, hint="*fraction*")
-    fails_with(nb07.check_l0, lambda acts: (acts != 0).sum().item(), latents, hint="total number")
-
-
-# 07.2
+# 07.1 (a TopK SAE's forward pass)
 
 
 @pytest.fixture(scope="module")
-def ev_example():
-    case = nb07._ev_case(3)
-    return case["x"], case["x_hat"]
-
-
-def test_explained_variance(ev_example):
-    nb07.check_explained_variance(sae_lib.explained_variance, *ev_example)
-
-    def other(x, x_hat):
-        residual = torch.nn.functional.mse_loss(x_hat, x, reduction="sum")
-        total = x.var(0, unbiased=False).sum() * x.shape[0]
-        return float(1 - residual / total)
-
-    nb07.check_explained_variance(other, *ev_example)
-
-    def uncentred(x, x_hat):
-        return 1 - ((x - x_hat) ** 2).sum().item() / (x**2).sum().item()
-
-    def fvu(x, x_hat):
-        return 1 - sae_lib.explained_variance(x, x_hat)
-
-    def by_mean(x, x_hat):
-        return 1 - ((x - x_hat) ** 2).mean().item() / x.mean().item()
-
-    fails_with(nb07.check_explained_variance, uncentred, *ev_example, hint="forgot to centre")
-    fails_with(nb07.check_explained_variance, fvu, *ev_example, hint="FVU")
-    fails_with(nb07.check_explained_variance, by_mean, *ev_example, hint="divided by the mean")
-
-
-# 07.3
-
-
-@pytest.fixture(scope="module")
-def sae_example():
-    model = nb07.random_sae(11, d_in=5, d_sae=12)
+def topk_example():
+    model = nb07.random_sae(11, d_in=5, d_sae=12, k=4)
     return model, torch.randn(7, 5, generator=torch.Generator().manual_seed(1)) + 0.5
 
 
-def test_encode_decode(sae_example):
+def test_encode_decode(topk_example):
     def reference(sae, x):
-        f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+        pre = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+        top = pre.topk(sae.k, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
         return f, f @ sae.W_dec + sae.b_dec
 
     def other(sae, x):
-        pre = torch.einsum("nd,ds->ns", x, sae.W_enc) - sae.b_dec @ sae.W_enc + sae.b_enc
-        f = pre.clamp(min=0)
-        return f, torch.einsum("ns,sd->nd", f, sae.W_dec) + sae.b_dec
+        pre = torch.einsum("...d,ds->...s", x, sae.W_enc) - sae.b_dec @ sae.W_enc + sae.b_enc
+        threshold = pre.sort(dim=-1, descending=True).values[..., sae.k - 1 : sae.k]
+        f = torch.where(pre >= threshold, pre, 0.0).clamp(min=0)
+        return f, torch.einsum("...s,sd->...d", f, sae.W_dec) + sae.b_dec
 
-    nb07.check_encode_decode(reference, *sae_example)
-    nb07.check_encode_decode(other, *sae_example)
+    nb07.check_encode_decode(reference, *topk_example)
+    nb07.check_encode_decode(other, *topk_example)
 
     def no_b_dec(sae, x):
-        f = torch.relu(x @ sae.W_enc + sae.b_enc)
+        pre = torch.relu(x @ sae.W_enc + sae.b_enc)
+        top = pre.topk(sae.k, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
         return f, f @ sae.W_dec + sae.b_dec
 
     def no_relu(sae, x):
-        f = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        top = pre.topk(sae.k, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
         return f, f @ sae.W_dec + sae.b_dec
 
-    def no_decode_bias(sae, x):
+    def relu_only(sae, x):
         f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
-        return f, f @ sae.W_dec
+        return f, f @ sae.W_dec + sae.b_dec
 
-    fails_with(nb07.check_encode_decode, no_b_dec, *sae_example, hint="subtract b_dec before encoding")
-    fails_with(nb07.check_encode_decode, no_relu, *sae_example, hint="forgot the ReLU")
-    fails_with(nb07.check_encode_decode, no_decode_bias, *sae_example, hint="add b_dec back")
+    fails_with(nb07.check_encode_decode, no_b_dec, *topk_example, hint="subtract the decoder bias")
+    fails_with(nb07.check_encode_decode, no_relu, *topk_example, hint="forgot the ReLU")
+    fails_with(nb07.check_encode_decode, relu_only, *topk_example, hint="kept every positive latent")
+    with pytest.raises(ValueError, match="TopK"):
+        nb07.check_encode_decode(reference, nb07.random_sae(0), topk_example[1])
 
 
-# 07.4
+# 07.2 (prediction, graded by running the splice)
 
 
 @pytest.fixture(scope="module")
-def pre_example():
-    return torch.randn(6, 20, generator=torch.Generator().manual_seed(2)), 4
+def splice_case():
+    model = load_model("attn-only-2l")
+    tokens = torch.randint(0, model.cfg.d_vocab, (4, 12), generator=torch.Generator().manual_seed(0))
+    hook = "blocks.1.hook_resid_pre"
+    acts = sae_lib.hook_activations(model, tokens, hook).reshape(-1, model.cfg.d_model)
+    sae = sae_lib.SAE(model.cfg.d_model, 2 * model.cfg.d_model, k=8, seed=0)
+    with torch.no_grad():
+        sae.b_dec.copy_(acts.mean(0))
+    with torch.no_grad():
+        ce = sae_lib.ce_loss_score(model, sae, tokens, hook)
+    return model, sae, tokens, hook, ce["CE spliced"] - ce["CE clean"]
 
 
-def test_topk_activation(pre_example):
-    def reference(pre, k):
-        top = torch.relu(pre).topk(k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-
-    def other(pre, k):
-        threshold = pre.sort(dim=-1, descending=True).values[..., k - 1 : k]
-        return torch.where(pre >= threshold, pre, 0.0).clamp(min=0)
-
-    nb07.check_topk_activation(reference, *pre_example)
-    nb07.check_topk_activation(other, *pre_example)
-
-    def smallest(pre, k):
-        top = pre.topk(k, dim=-1, largest=False)
-        return torch.relu(torch.zeros_like(pre).scatter(-1, top.indices, top.values))
-
-    def no_relu(pre, k):
-        top = pre.topk(k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-
-    def values_only(pre, k):
-        return torch.relu(pre.topk(k, dim=-1).values)
-
-    fails_with(nb07.check_topk_activation, smallest, *pre_example, hint="*smallest*")
-    fails_with(nb07.check_topk_activation, no_relu, *pre_example, hint="forgot the ReLU")
-    fails_with(nb07.check_topk_activation, values_only, *pre_example, hint="only the k values")
+def test_splice_prediction_is_graded_by_the_run(splice_case, capsys):
+    model, sae, tokens, hook, delta = splice_case
+    truth = nb07.splice_cost_option(delta)
+    assert nb07.check_splice_prediction(truth, model, sae, tokens, hook) == pytest.approx(delta)
+    assert "07.2 passed" in capsys.readouterr().out
+    for wrong in sorted(set(nb07.SPLICE_OPTIONS) - {truth}):
+        with pytest.raises(CheckFailed, match="not what the run shows"):
+            nb07.check_splice_prediction(wrong.lower(), model, sae, tokens, hook)
+    for bad in (None, 3, "E", ["A"]):
+        with pytest.raises(CheckFailed):
+            nb07.check_splice_prediction(bad, model, sae, tokens, hook)
 
 
-# 07.5
+def test_splice_bands():
+    assert [nb07.splice_cost_option(d) for d in (0.001, 0.05, 0.5, 3.0, -0.01)] == ["A", "B", "C", "D", "A"]
 
 
-def test_ce_loss_score():
-    example = dict(ce_clean=1.4, ce_zero=9.5, ce_spliced=1.6)
-
-    def reference(ce_clean, ce_zero, ce_spliced):
-        return (ce_zero - ce_spliced) / (ce_zero - ce_clean)
-
-    def other(ce_clean, ce_zero, ce_spliced):
-        return 1 - (ce_spliced - ce_clean) / (ce_zero - ce_clean)
-
-    nb07.check_ce_loss_score(reference, **example)
-    nb07.check_ce_loss_score(other, **example)
-    fails_with(nb07.check_ce_loss_score, lambda ce_clean, ce_zero, ce_spliced: (ce_clean - ce_spliced) / (ce_clean - ce_zero), **example, hint="swapped")
-    fails_with(nb07.check_ce_loss_score, lambda ce_clean, ce_zero, ce_spliced: (ce_zero - ce_spliced) / ce_zero, **example, hint="zero-ablation loss alone")
-    fails_with(nb07.check_ce_loss_score, lambda ce_clean, ce_zero, ce_spliced: ce_spliced - ce_clean, **example, hint="raw increase")
-    fails_with(nb07.check_ce_loss_score, lambda ce_clean, ce_zero, ce_spliced: abs(ce_zero - ce_spliced) / abs(ce_zero - ce_clean), **example, hint="score = (CE zero ablation")
-    fails_with(nb07.check_ce_loss_score, lambda ce_clean, ce_zero, ce_spliced: min(1.0, max(0.0, (ce_zero - ce_spliced) / (ce_zero - ce_clean))), **example, hint="score = (CE zero ablation")
+# 07.4 (ablate one latent, error term kept)
 
 
-# 07.6
+@pytest.fixture(scope="module")
+def ablate_example():
+    model = nb07.random_sae(5, d_in=6, d_sae=14, k=4)
+    x = torch.randn(10, 6, generator=torch.Generator().manual_seed(3)) * 2
+    with torch.no_grad():
+        latent = int((model.encode(x) > 0).float().mean(0).argmax())
+    return model, x, latent
 
 
-def test_dead_fraction(latents):
-    nb07.check_dead_fraction(lambda acts: sae_lib.dead_latents(acts).float().mean().item(), latents)
-    nb07.check_dead_fraction(lambda acts: 1 - float((acts.amax(0) > 0).sum()) / acts.shape[1], latents)
+def test_ablate_latent(ablate_example):
+    def reference(sae, x, latent):
+        f = sae.encode(x)
+        edited = f.clone()
+        edited[..., latent] = 0
+        return x + sae.decode(edited) - sae.decode(f)
 
-    fails_with(nb07.check_dead_fraction, lambda acts: (acts == 0).float().mean().item(), latents, hint="zero *entries*")
-    fails_with(nb07.check_dead_fraction, lambda acts: int((acts.sum(0) == 0).sum()), latents, hint="number of dead latents")
-    fails_with(nb07.check_dead_fraction, lambda acts: (acts > 0).any(0).float().mean().item(), latents, hint="*alive*")
-    fails_with(nb07.check_dead_fraction, lambda acts: (acts == 0).any(0).float().mean().item(), latents, hint="*some* token")
-    fails_with(nb07.check_dead_fraction, lambda acts: (acts >= 0).all(0).float().mean().item(), latents, hint="a latent is dead if it fires")
+    def other(sae, x, latent):  # the latent's own contribution, subtracted directly
+        return x - sae.encode(x)[..., latent, None] * sae.W_dec[latent]
+
+    nb07.check_ablate_latent(reference, *ablate_example)
+    nb07.check_ablate_latent(other, *ablate_example)
+
+    def no_error(sae, x, latent):
+        f = sae.encode(x)
+        f[..., latent] = 0
+        return sae.decode(f)
+
+    def unscaled(sae, x, latent):
+        return x - sae.W_dec[latent]
+
+    def encoder_direction(sae, x, latent):
+        return x - sae.encode(x)[..., latent, None] * sae.W_enc[:, latent]
+
+    fails_with(nb07.check_ablate_latent, no_error, *ablate_example, hint="reconstruction error is lost")
+    fails_with(nb07.check_ablate_latent, unscaled, *ablate_example, hint="whole decoder direction")
+    fails_with(nb07.check_ablate_latent, encoder_direction, *ablate_example, hint="encoder direction")
 
 
-def test_checks_report_unimplemented(latents):
-    def todo(acts):
-        raise NotImplementedError("hint")
-
-    fails_with(nb07.check_l0, todo, latents, hint="not implemented")
+# 07.5 (design: control latents)
 
 
-def test_plot_superposition():
-    """The notebook's superposition figure (mi_course.viz.plot_superposition): one column of panels per sparsity."""
-    from mi_course import viz
+@pytest.fixture(scope="module")
+def control_example():
+    acts = nb07.sparse_latents(4, n=80, d_sae=300)
+    size = (acts * (acts > 0)).sum(0) / (acts > 0).sum(0).clamp(min=1)
+    latent = int(size.argsort()[150])
+    return acts, latent
 
-    W, _ = sae_lib.train_toy_superposition(n_features=6, d_hidden=2, feature_probs=(1.0, 0.1), steps=20, progress=False)
-    fig = viz.plot_superposition(W, (1.0, 0.1), title="toy")
-    assert len(fig.axes) == 4
+
+def test_control_latents(control_example, capsys):
+    acts, latent = control_example
+    chosen = nb07.check_control_latents(sae_lib.matched_random_latents, acts, latent, n=8)
+    assert len(chosen) == 8 and latent not in chosen
+
+    def nearest(acts, latent, n):  # deterministic: the n closest in size (in ratio)
+        fires = acts > 0
+        size = (acts * fires).sum(0) / fires.sum(0).clamp(min=1)
+        gap = (size / size[latent]).log().abs()
+        gap[latent] = float("inf")
+        gap[size == 0] = float("inf")
+        return gap.argsort()[:n]
+
+    nb07.check_control_latents(nearest, acts, latent, n=8)
+    assert capsys.readouterr().out.count("07.5 passed") == 2
+
+    def any_live_latents(acts, latent, n):  # live, but of any size
+        live = (acts > 0).any(0).nonzero().flatten()
+        live = live[live != latent]
+        return live[torch.randperm(len(live))[:n]].tolist()
+
+    def with_target(acts, latent, n):
+        return [latent, *sae_lib.matched_random_latents(acts, latent, n - 1)]
+
+    def dead_ones(acts, latent, n):
+        dead = (~(acts > 0).any(0)).nonzero().flatten().tolist()
+        return (dead + sae_lib.matched_random_latents(acts, latent, n))[:n]
+
+    fails_with(nb07.check_control_latents, any_live_latents, acts, latent, n=8, hint="very different size")
+    fails_with(nb07.check_control_latents, with_target, acts, latent, n=8, hint="latent under test itself")
+    fails_with(nb07.check_control_latents, dead_ones, acts, latent, n=8, hint="never fire")
+    with pytest.raises(CheckFailed, match="integers"):
+        nb07.check_control_latents(lambda acts, latent, n: "latents", acts, latent, n=8)
+    with pytest.raises(CheckFailed, match="asked for 8"):
+        nb07.check_control_latents(lambda acts, latent, n: [1, 2], acts, latent, n=8)
+
+
+# 07.3 and 07.6 (interpretations)
+
+
+def test_interpretations(capsys):
+    nb07.check_confound("B")
+    nb07.check_intervention("c")
+    assert capsys.readouterr().out.count("passed") == 2
+    for letter in "ACD":
+        with pytest.raises(CheckFailed):
+            nb07.check_confound(letter)
+    for letter in "ABD":
+        with pytest.raises(CheckFailed):
+            nb07.check_intervention(letter)
+    with pytest.raises(CheckFailed, match="no answer"):
+        nb07.check_intervention(None)
+
+
+def test_splice_prediction_on_another_model_is_measured_not_graded(splice_case, capsys):
+    model, sae, tokens, hook, delta = splice_case
+    wrong = next(letter for letter in nb07.SPLICE_OPTIONS if letter != nb07.splice_cost_option(delta))
+    assert nb07.check_splice_prediction(wrong, model, sae, tokens, hook, graded=False) == pytest.approx(delta)
+    out = capsys.readouterr().out
+    assert "not graded" in out and "passed" not in out
+    with pytest.raises(CheckFailed):
+        nb07.check_splice_prediction(None, model, sae, tokens, hook, graded=False)

@@ -240,3 +240,141 @@ def test_superposition_stats_by_hand():
     torch.testing.assert_close(stats["norm"], torch.tensor([[1.0, 2.0, 1.0]]))
     torch.testing.assert_close(stats["interference"], torch.tensor([[0.0 + 0.36, 0.0 + 0.64, 0.36 + 1.6**2]]))
     assert stats["represented"].tolist() == [3]
+
+
+# Interventions on latents and honest baselines
+
+
+@pytest.fixture(scope="module")
+def spliced(model):
+    tokens = torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(1))
+    hook = "blocks.1.hook_resid_pre"
+    acts = hook_activations(model, tokens, hook).reshape(-1, 32)
+    sae = SAE(32, 64, k=6, seed=2)
+    with torch.no_grad():
+        sae.b_dec.copy_(acts.mean(0))
+        sae.b_enc.add_(0.1)
+    return sae, tokens, hook
+
+
+def test_splice_with_error_term_is_exact_and_ablation_zeroes_the_latent(model, spliced):
+    from mi_course.sae import add_to_latent, edit_activation, run_with_latent_edit, zero_latents
+
+    sae, tokens, hook = spliced
+    clean = model(tokens)
+    with torch.no_grad():
+        assert torch.equal(run_with_latent_edit(model, sae, hook, tokens, lambda f: f), clean)
+        assert torch.equal(run_with_latent_edit(model, sae, hook, tokens, add_to_latent(3, 0.0)), clean)
+        x = hook_activations(model, tokens, hook)
+        f = sae.encode(x)
+        latent = int((f > 0).float().sum((0, 1)).argmax())
+        # independently: the SAE's reconstruction with the latent zeroed, plus the untouched error x - x_hat
+        g = f.clone()
+        g[..., latent] = 0
+        by_hand = g @ sae.W_dec + sae.b_dec + (x - (f @ sae.W_dec + sae.b_dec))
+        assert torch.allclose(edit_activation(sae, x, zero_latents(latent)), by_hand, atol=1e-5)
+        # the model with that activation patched in by hand
+        patched = model.run_with_hooks(tokens, fwd_hooks=[(hook, lambda act, hook: by_hand)])
+        assert torch.allclose(run_with_latent_edit(model, sae, hook, tokens, zero_latents(latent)), patched, atol=1e-4)
+        assert not torch.allclose(patched, clean, atol=1e-3)
+        # steering adds amount times the decoder direction, at the positions given only
+        pos = torch.tensor([0, 4, 9])
+        steered = edit_activation(sae, x, add_to_latent(latent, 2.5), positions=pos)
+        expected = x.clone()
+        expected[torch.arange(3), pos] += 2.5 * sae.W_dec[latent]
+        assert torch.allclose(steered, expected, atol=1e-5)
+        with pytest.raises(ValueError, match="one position per prompt"):
+            edit_activation(sae, x, zero_latents(0), positions=torch.tensor([0, 1]))
+
+
+def test_latent_attribution_is_the_first_order_term_of_exact_ablation(model, spliced):
+    from mi_course.sae import latent_ablation_effects, latent_attribution
+
+    sae, tokens, hook = spliced
+
+    def metric(logits):
+        return logits[:, -1, 7].mean()
+
+    estimate = latent_attribution(model, sae, hook, tokens, metric)
+    with torch.no_grad():
+        f = sae.encode(hook_activations(model, tokens, hook))
+    live = (f > 0).reshape(-1, 64).any(0).nonzero().flatten().tolist()
+    dead = sorted(set(range(64)) - set(live))
+    assert estimate.shape == (64,) and (estimate[dead] == 0).all()
+    # a tiny ablation (scale the latent by 1 - eps) is first order: its change / eps equals the estimate
+    from mi_course.sae import run_with_latent_edit
+
+    eps = 1e-3
+    for j in live[:4]:
+        def shrink(g, j=j):
+            g = g.clone()
+            g[..., j] *= 1 - eps
+            return g
+
+        with torch.no_grad():
+            change = (metric(run_with_latent_edit(model, sae, hook, tokens, shrink)) - metric(model(tokens))).item() / eps
+        assert change == pytest.approx(estimate[j].item(), abs=2e-2 * (1 + abs(change)))
+    exact = latent_ablation_effects(model, sae, hook, tokens, metric, live[:3])
+    assert exact.shape == (3,)
+
+
+def test_matched_random_latents():
+    from mi_course.sae import matched_random_latents
+
+    acts = torch.zeros(5, 6)
+    acts[:, 0] = 1.0
+    acts[:2, 1] = 1.5  # mean where it fires 1.5
+    acts[0, 2] = 10.0  # too large
+    acts[:, 3] = 0.6
+    # latent 4 dead, latent 5 tiny
+    acts[0, 5] = 0.01
+    assert matched_random_latents(acts, 0, 2) == [1, 3]
+    with pytest.raises(ValueError, match="only 2 latents"):
+        matched_random_latents(acts, 0, 3)
+    with pytest.raises(ValueError, match="never fires"):
+        matched_random_latents(acts, 4, 1)
+    assert matched_random_latents(acts, 0, 3, factor=20) in ([1, 2, 3], [1, 3, 5], [1, 2, 5], [2, 3, 5])
+
+
+def test_pca_reconstruction_against_sklearn():
+    from sklearn.decomposition import PCA
+
+    from mi_course.sae import PCAReconstruction
+
+    gen = torch.Generator().manual_seed(0)
+    train = torch.randn(200, 8, generator=gen) @ torch.randn(8, 8, generator=gen) + 3
+    test = torch.randn(50, 8, generator=gen) @ torch.randn(8, 8, generator=gen)
+    pca = PCAReconstruction(train, 3)
+    ours = pca.decode(pca.encode(test))
+    theirs = PCA(3).fit(train.double().numpy())
+    expected = theirs.inverse_transform(theirs.transform(test.double().numpy()))
+    assert np.allclose(ours.numpy(), expected, atol=1e-3)
+    full = PCAReconstruction(train, 8)
+    assert torch.allclose(full.decode(full.encode(test)), test, atol=1e-3)
+    with pytest.raises(ValueError, match="k must be"):
+        PCAReconstruction(train, 9)
+
+
+def test_token_identity_auc_and_heldout_scores_against_sklearn():
+    from mi_course.sae import best_latent_heldout, binary_auc, token_identity_auc
+
+    rng = np.random.default_rng(0)
+    train_tokens, test_tokens = torch.from_numpy(rng.integers(0, 5, 300)), torch.from_numpy(rng.integers(0, 6, 100))
+    train_labels, test_labels = train_tokens.numpy() == 2, test_tokens.numpy() == 2
+    assert token_identity_auc(train_tokens, train_labels, test_tokens, test_labels) == 1.0  # the word decides
+    noisy = rng.random(300) < 0.5
+    test_noisy = rng.random(100) < 0.5
+    # by hand: the score is each word's training rate of the label (unseen word 5: the overall rate)
+    rates = {t: noisy[train_tokens.numpy() == t].mean() for t in range(5)}
+    score = [rates.get(t, noisy.mean()) for t in test_tokens.tolist()]
+    assert token_identity_auc(train_tokens, noisy, test_tokens, test_noisy) == pytest.approx(roc_auc_score(test_noisy, score))
+    acts = torch.from_numpy(rng.random((300, 7))).float()
+    acts[:, 4] += torch.from_numpy(noisy).float()
+    test_acts = torch.from_numpy(rng.random((100, 7))).float()
+    test_acts[:, 4] += torch.from_numpy(test_noisy).float()
+    latent, train_auc, test_auc = best_latent_heldout(acts, noisy, test_acts, test_noisy)
+    assert latent == 4 and train_auc == pytest.approx(roc_auc_score(noisy, acts[:, 4].numpy()))
+    assert test_auc == pytest.approx(roc_auc_score(test_noisy, test_acts[:, 4].numpy()))
+    assert binary_auc(np.array([1.0, 1.0, 0.0]), np.array([True, False, False])) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="both positive and negative"):
+        binary_auc(np.ones(3), np.ones(3, dtype=bool))

@@ -1,9 +1,10 @@
 """Checks of notebook 07 (sparse autoencoders).
 
-Each check runs the learner's function on the notebook's example and on fresh random inputs:
-sparse random latents, activations with a large mean (so that forgetting to centre shows), a
-small SAE whose every parameter is random (both biases included), pre-activations with many
-negative entries (so that forgetting the ReLU shows), and random cross-entropies.
+Each check runs the learner's answer on the notebook's example and on fresh random inputs: a
+small TopK SAE whose every parameter is random (both biases included, so forgetting either
+shows), pre-activations with fewer positive entries than k (so forgetting the ReLU shows), and
+random latent activations for the choice of control latents. The prediction of 07.2 is graded
+by running the splice it is about; the interpretations (07.3, 07.6) against sealed answers.
 """
 
 from __future__ import annotations
@@ -15,28 +16,30 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mi_course import sae as sae_lib
-from mi_course.checks.core import check_function, fresh_seed
+from mi_course.checks.core import CheckFailed, call_learner, check_choice, fresh_seed, passed
 from mi_course.checks.nb01 import _check
 
 __all__ = [
-    "check_ce_loss_score",
-    "check_dead_fraction",
+    "CONFOUND_OPTIONS",
+    "INTERVENTION_OPTIONS",
+    "SPLICE_OPTIONS",
+    "check_ablate_latent",
+    "check_confound",
+    "check_control_latents",
     "check_encode_decode",
-    "check_explained_variance",
-    "check_l0",
-    "check_topk_activation",
+    "check_intervention",
+    "check_splice_prediction",
     "random_sae",
     "sparse_latents",
+    "splice_cost_option",
 ]
 
 # The course's own implementation of each exercise: exercise code that calls one is flagged in the
 # gradebook for the instructor to review (the grader reads this literal without importing the module).
 REFERENCES: dict[str, tuple[str, ...]] = {
     "07.1": ("mi_course.sae.SAE.encode", "mi_course.sae.SAE.decode", "mi_course.sae.SAE.forward"),
-    "07.3": ("mi_course.sae.l0",),
-    "07.4": ("mi_course.sae.explained_variance",),
-    "07.5": ("mi_course.sae.dead_latents",),
-    "07.6": ("mi_course.sae.ce_loss_score",),
+    "07.4": ("mi_course.sae.edit_activation", "mi_course.sae.run_with_latent_edit", "mi_course.sae.zero_latents"),
+    "07.5": ("mi_course.sae.matched_random_latents",),
 }
 
 
@@ -45,115 +48,54 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def sparse_latents(seed: int, n: int = 50, d_sae: int = 24) -> Tensor:
-    """Non-negative latents, mostly zero, with a few latents that never fire."""
+    """Non-negative latents, mostly zero, with a few latents that never fire and sizes spread over a wide range."""
     gen = _gen(seed)
-    acts = torch.relu(torch.randn(n, d_sae, generator=gen) - 1.0)
+    scale = torch.exp(2 * torch.randn(d_sae, generator=gen))  # mean activations from about 0.02 to 50
+    acts = torch.relu(torch.randn(n, d_sae, generator=gen) - 0.5) * scale
     dead = torch.randperm(d_sae, generator=gen)[: d_sae // 4]
     acts[:, dead] = 0.0
     return acts
 
 
-def random_sae(seed: int, d_in: int = 6, d_sae: int = 16) -> sae_lib.SAE:
+def random_sae(seed: int, d_in: int = 6, d_sae: int = 16, k: int | None = None) -> sae_lib.SAE:
     """An SAE with random, independent encoder, decoder and biases (nothing at its initial value)."""
     gen = _gen(seed)
-    model = sae_lib.SAE(d_in, d_sae, seed=seed)
+    model = sae_lib.SAE(d_in, d_sae, k=k, seed=seed)
     with torch.no_grad():
         model.W_enc.copy_(torch.randn(d_in, d_sae, generator=gen) / d_in**0.5)
-        model.b_enc.copy_(0.3 * torch.randn(d_sae, generator=gen))
+        model.b_enc.copy_(0.3 * torch.randn(d_sae, generator=gen) - 0.2)
         model.b_dec.copy_(2.0 * torch.randn(d_in, generator=gen))
         model.normalize_decoder_()
     return model
 
 
-# 07.3 (L0) ---------------------------------------------------------------------------------
+# 07.1 (a TopK SAE's forward pass) -------------------------------------------------------------------------
 
 
-def _l0(acts, *, how):
-    if how == "batch":
-        return (acts != 0).sum(0).float().mean().item()
-    if how == "fraction":
-        return (acts != 0).float().mean().item()
-    return (acts != 0).sum().item()
-
-
-def check_l0(learner: Callable, acts: Float[Tensor, "n d_sae"]) -> None:
-    """``l0(acts)``: the mean number of non-zero latents per token, a Python float."""
-    seed = fresh_seed()
-    cases = [dict(acts=acts), dict(acts=sparse_latents(seed, n=37)), dict(acts=sparse_latents(seed + 1, n=11, d_sae=40))]
-    check_function(
-        "07.3",
-        learner,
-        lambda acts: sae_lib.l0(acts),
-        cases,
-        mistakes={
-            "you counted the non-zero entries over the batch (per latent), not per token: sum over the latent dimension (-1), then average over tokens.": lambda **c: _l0(**c, how="batch"),
-            "you returned the *fraction* of non-zero entries; L0 is a *count* per token: sum over latents, then average over tokens.": lambda **c: _l0(**c, how="fraction"),
-            "you returned the total number of non-zero entries; divide by the number of tokens (average over tokens).": lambda **c: _l0(**c, how="total"),
-        },
-        hint="L0 = (acts != 0) summed over the latent dimension, averaged over tokens, as a float.",
-        success="your L0 matches",
-    )
-
-
-# 07.4 (explained variance) ---------------------------------------------------------------------------------
-
-
-def _ev(x, x_hat, *, how):
-    err = (x - x_hat).pow(2)
-    if how == "uncentred":
-        return 1 - (err.sum() / x.pow(2).sum()).item()
-    if how == "fvu":
-        return (err.sum() / (x - x.mean(0)).pow(2).sum()).item()
-    if how == "token_mean":
-        return 1 - (err.sum() / (x - x.mean(-1, keepdim=True)).pow(2).sum()).item()
-    if how == "per_dim":
-        return 1 - (err.sum(0) / (x - x.mean(0)).pow(2).sum(0)).mean().item()
-    if how == "mean":
-        return 1 - (err.mean() / x.mean()).item()
-    raise ValueError(how)
-
-
-def _ev_case(seed: int) -> dict:
-    gen = _gen(seed)
-    n, d = 40, 7
-    x = torch.randn(n, d, generator=gen) * torch.rand(d, generator=gen).add(0.3) + 3 * torch.randn(d, generator=gen)
-    return dict(x=x, x_hat=x + 0.4 * torch.randn(n, d, generator=gen))
-
-
-def check_explained_variance(learner: Callable, x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"]) -> None:
-    """``explained_variance(x, x_hat)``: 1 - sum |x - x_hat|^2 / sum |x - mean(x)|^2, a Python float."""
-    cases = [dict(x=x, x_hat=x_hat), _ev_case(fresh_seed())]
-    check_function(
-        "07.4",
-        learner,
-        lambda x, x_hat: sae_lib.explained_variance(x, x_hat),
-        cases,
-        mistakes={
-            "you forgot to centre: the total variance is sum |x - mean(x)|^2 with the mean over tokens (x.mean(0)), not sum |x|^2.": lambda **c: _ev(**c, how="uncentred"),
-            "you returned the FVU (the unexplained fraction); explained variance = 1 - FVU.": lambda **c: _ev(**c, how="fvu"),
-            "you centred each token on its own mean (over d); the mean to subtract is over tokens, one per dimension: x.mean(0).": lambda **c: _ev(**c, how="token_mean"),
-            "you averaged the ratio over dimensions; sum the squared errors and the squared deviations over everything first, then divide once.": lambda **c: _ev(**c, how="per_dim"),
-            "you divided by the mean instead of the variance: the denominator is sum |x - mean(x)|^2.": lambda **c: _ev(**c, how="mean"),
-        },
-        hint="1 - (x - x_hat)^2 summed over everything / (x - x.mean(0))^2 summed over everything, as a float.",
-        success="your explained variance matches",
-    )
-
-
-# 07.1 (forward pass) ---------------------------------------------------------------------------------
-
-
-def _encode_decode(sae, x, *, sub_b_dec=True, relu=True, add_b_dec=True, w_dec=False):
+def _encode_decode(sae, x, *, sub_b_dec=True, relu=True, add_b_dec=True, w_dec=False, largest=True, topk=True):
     pre = ((x - sae.b_dec) if sub_b_dec else x) @ (sae.W_dec.T if w_dec else sae.W_enc) + sae.b_enc
-    f = torch.relu(pre) if relu else pre
-    return f, f @ sae.W_dec + (sae.b_dec if add_b_dec else 0)
+    acts = torch.relu(pre) if relu else pre
+    if topk:
+        top = acts.topk(sae.k, dim=-1, largest=largest)
+        acts = torch.zeros_like(acts).scatter(-1, top.indices, top.values)
+    return acts, acts @ sae.W_dec + (sae.b_dec if add_b_dec else 0)
 
 
 def check_encode_decode(learner: Callable, sae: sae_lib.SAE, x: Float[Tensor, "n d_in"]) -> None:
-    """``encode_decode(sae, x)``: the ReLU SAE's latents f and reconstruction x_hat, as a tuple."""
+    """``encode_decode(sae, x)``: a TopK SAE's latents f and reconstruction x_hat, as a tuple."""
+    if getattr(sae, "k", None) is None:
+        raise ValueError("07.1 is about a TopK SAE: pass an SAE built with k.")
     seed = fresh_seed()
-    fresh = random_sae(seed)
-    cases = [dict(sae=sae, x=x), dict(sae=fresh, x=torch.randn(9, fresh.d_in, generator=_gen(seed)) + 1.0)]
+    gen = _gen(seed)
+    fresh = random_sae(seed, d_in=6, d_sae=16, k=int(torch.randint(3, 7, (1,), generator=gen)))
+    tight = random_sae(seed + 1, d_in=5, d_sae=12, k=9)  # more latents kept than are positive
+    with torch.no_grad():
+        tight.b_enc.sub_(1.0)
+    cases = [
+        dict(sae=sae, x=x),
+        dict(sae=fresh, x=torch.randn(9, fresh.d_in, generator=gen) + 1.0),
+        dict(sae=tight, x=torch.randn(2, 4, tight.d_in, generator=gen)),
+    ]
 
     def reference(sae, x):
         with torch.no_grad():
@@ -164,6 +106,7 @@ def check_encode_decode(learner: Callable, sae: sae_lib.SAE, x: Float[Tensor, "n
         def wrong(sae, x):
             with torch.no_grad():
                 return _encode_decode(sae, x, **flags)
+
         return wrong
 
     _check(
@@ -172,138 +115,208 @@ def check_encode_decode(learner: Callable, sae: sae_lib.SAE, x: Float[Tensor, "n
         reference,
         cases,
         mistakes={
-            "you forgot to subtract b_dec before encoding: f = ReLU((x - b_dec) @ W_enc + b_enc).": wrap(sub_b_dec=False),
-            "you forgot the ReLU: latents are non-negative, f = ReLU(pre-activations).": wrap(relu=False),
+            "you forgot to subtract the decoder bias before encoding: the encoder reads x - b_dec.": wrap(sub_b_dec=False),
+            "you forgot the ReLU: when fewer than k pre-activations are positive, negative values slip into the top k. Latents are never negative.": wrap(relu=False),
             "you forgot to add b_dec back when decoding: x_hat = f @ W_dec + b_dec.": wrap(add_b_dec=False),
             "you encoded with the decoder (W_dec.T); the encoder has its own weights, sae.W_enc.": wrap(w_dec=True),
+            "you kept the k *smallest* activations: keep the k largest of each token (topk's default).": wrap(largest=False),
+            "you kept every positive latent: a TopK SAE keeps only the k largest of each token (sae.k), zero elsewhere.": wrap(topk=False),
         },
-        hint="f = ReLU((x - b_dec) @ W_enc + b_enc) and x_hat = f @ W_dec + b_dec; return (f, x_hat).",
-        success="your SAE forward pass matches",
+        hint="pre = (x - b_dec) @ W_enc + b_enc; f = the k largest of ReLU(pre) on the last dimension, scattered into zeros; x_hat = f @ W_dec + b_dec; return (f, x_hat).",
+        success="your TopK SAE forward pass matches",
     )
 
 
-# 07.2 (TopK) ---------------------------------------------------------------------------------
+# 07.2 (prediction: the cost of splicing the SAE in) ------------------------------------------------------
+
+SPLICE_OPTIONS = {
+    "A": "under 0.01 nats: an explained variance above 0.9 leaves the loss as it is",
+    "B": "between 0.01 and 0.2 nats",
+    "C": "between 0.2 and 1 nats",
+    "D": "over 1 nat: the model falls apart",
+}
+_SPLICE_BOUNDS = ((0.01, "A"), (0.2, "B"), (1.0, "C"))
 
 
-def _topk(pre, k, *, how):
-    if how == "smallest":
-        top = pre.topk(k, dim=-1, largest=False)
-        return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
-    if how == "smallest_raw":
-        top = pre.topk(k, dim=-1, largest=False)
-        return torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-    if how == "no_relu":
-        top = pre.topk(k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-    if how == "abs":
-        top = pre.abs().topk(k, dim=-1)
-        return torch.relu(torch.zeros_like(pre).scatter(-1, top.indices, pre.gather(-1, top.indices)))
-    if how == "values":
-        return torch.relu(pre.topk(k, dim=-1).values)
+def splice_cost_option(delta_ce: float) -> str:
+    """The option of ``SPLICE_OPTIONS`` that a loss increase (in nats) falls in."""
+    return next((letter for bound, letter in _SPLICE_BOUNDS if delta_ce < bound), "D")
+
+
+def check_splice_prediction(prediction, model, sae, tokens, hook_name: str, *, graded: bool = True) -> float:
+    """Grade a prediction (one of ``SPLICE_OPTIONS``) of the loss increase when ``sae`` replaces the activation.
+
+    The truth is measured here, by running the model clean and with the SAE spliced in. Returns it.
+    ``graded=False`` (the question is about toy-lm; another model is at hand) only measures and
+    says so.
+    """
+    if prediction is None:
+        raise CheckFailed("07.2", "no answer yet: set prediction to one letter in the exercise cell above.", "no-answer")
+    if not isinstance(prediction, str) or prediction.strip().upper() not in SPLICE_OPTIONS:
+        raise CheckFailed("07.2", f"give one letter as a string, one of {sorted(SPLICE_OPTIONS)}, not {prediction!r}.")
+    with torch.no_grad():
+        ce = sae_lib.ce_loss_score(model, sae, tokens, hook_name)
+    delta = ce["CE spliced"] - ce["CE clean"]
+    if not graded:
+        print(f"the loss rises by {delta:.3f} nats on this model; the question is about toy-lm, so this prediction is not graded here")
+        return delta
+    truth = splice_cost_option(delta)
+    got = prediction.strip().upper()
+    if got != truth:
+        hint = {
+            "A": "explained variance is a share of the activation's variance; the model downstream can be sensitive to the part that is left.",
+            "D": "an SAE that explains most of the variance keeps most of what the model needs; the CE loss score of a good SAE is close to 1.",
+        }.get(got, "close, but the measured increase falls in another band; think about how much a few percent of unexplained variance costs downstream.")
+        raise CheckFailed("07.2", f"not what the run shows. {hint}")
+    passed("07.2", f"your prediction matches: the loss rises by {delta:.3f} nats ({ce['CE clean']:.3f} -> {ce['CE spliced']:.3f})")
+    return delta
+
+
+# 07.4 (ablate one latent, error term kept) ---------------------------------------------------------------
+
+
+def _ablate_reference(sae, x, latent):
+    with torch.no_grad():
+        return sae_lib.edit_activation(sae, x, sae_lib.zero_latents(latent))
+
+
+def _ablate_wrong(sae, x, latent, *, how):
+    with torch.no_grad():
+        f = sae.encode(x)
+        edited = f.clone()
+        edited[..., latent] = 0
+        if how == "no_error":
+            return sae.decode(edited)
+        if how == "unscaled":
+            return x - sae.W_dec[latent]
+        if how == "encoder":
+            return x - f[..., latent : latent + 1] * sae.W_enc[:, latent]
+        if how == "unchanged":
+            return x.clone()
     raise ValueError(how)
 
 
-def _topk_reference(pre, k):
-    top = torch.relu(pre).topk(k, dim=-1)
-    return torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-
-
-def check_topk_activation(learner: Callable, pre: Float[Tensor, "... d_sae"], k: int) -> None:
-    """``topk_activation(pre, k)``: keep the k largest pre-activations per token (after a ReLU), zero the rest."""
-    gen = _gen(fresh_seed())
-    d = int(torch.randint(8, 13, (1,), generator=gen))
+def check_ablate_latent(learner: Callable, sae: sae_lib.SAE, x: Float[Tensor, "n d_in"], latent: int) -> None:
+    """``ablate_latent(sae, x, latent)``: x with one latent set to zero and the SAE's error term kept."""
+    seed = fresh_seed()
+    gen = _gen(seed)
+    fresh = random_sae(seed, d_in=7, d_sae=18, k=5)
+    x_fresh = torch.randn(3, 5, fresh.d_in, generator=gen) * 2
+    with torch.no_grad():
+        fires = (fresh.encode(x_fresh) > 0).reshape(-1, fresh.d_sae).float().mean(0)
     cases = [
-        dict(pre=pre, k=k),
-        dict(pre=torch.randn(5, d, generator=gen) - 0.8, k=d - 2),  # fewer positive entries than k: the ReLU matters
-        dict(pre=torch.randn(2, 3, d, generator=gen), k=3),
+        dict(sae=sae, x=x, latent=latent),
+        dict(sae=fresh, x=x_fresh, latent=int(fires.argmax())),  # a latent that fires on many tokens
     ]
     _check(
-        "07.2",
+        "07.4",
         learner,
-        _topk_reference,
+        _ablate_reference,
         cases,
         mistakes={
-            "you kept the k *smallest* pre-activations: topk keeps the largest by default (largest=True).": lambda **c: _topk(**c, how="smallest"),
-            "you kept the k smallest, and without the ReLU: keep the k largest, and let no negative value through.": lambda **c: _topk(**c, how="smallest_raw"),
-            "you forgot the ReLU: when fewer than k pre-activations are positive, negative values slip into the top k. Apply a ReLU too (before or after the TopK).": lambda **c: _topk(**c, how="no_relu"),
-            "you ranked by absolute value: TopK keeps the largest *signed* pre-activations.": lambda **c: _topk(**c, how="abs"),
-            "you returned only the k values; put them back at their indices in a tensor of zeros of the input's shape (scatter).": lambda **c: _topk(**c, how="values"),
+            "you returned the SAE's reconstruction with the latent removed: the reconstruction error is lost too. Keep it: add x - x_hat back.": lambda **c: _ablate_wrong(**c, how="no_error"),
+            "you subtracted the whole decoder direction from every token: remove the latent's contribution, its activation times its direction, and nothing where it does not fire.": lambda **c: _ablate_wrong(**c, how="unscaled"),
+            "you removed the latent along its encoder direction; its contribution to the activation is along its decoder direction (a row of W_dec).": lambda **c: _ablate_wrong(**c, how="encoder"),
+            "your result is x unchanged: the latent's contribution has to go.": lambda **c: _ablate_wrong(**c, how="unchanged"),
         },
-        hint="ReLU the pre-activations, keep the k largest per token (topk on the last dimension), scatter them into zeros of the same shape.",
-        success="your TopK activation matches",
+        hint="encode x, zero the latent, decode both the edited and the original latents, and return x plus the difference of the two decodings.",
+        success="your latent ablation matches (and with the error term kept, it changes only what the latent wrote)",
     )
 
 
-# 07.6 (CE loss score) ---------------------------------------------------------------------------------
+# 07.5 (design: control latents) ----------------------------------------------------------------------------
 
 
-def _ce_reference(ce_clean, ce_zero, ce_spliced):
-    return (ce_zero - ce_spliced) / (ce_zero - ce_clean)
+def _mean_size(acts: Tensor) -> Tensor:
+    fires = acts > 0
+    return (acts * fires).sum(0) / fires.sum(0).clamp(min=1)
 
 
-def check_ce_loss_score(learner: Callable, ce_clean: float, ce_zero: float, ce_spliced: float) -> None:
-    """``ce_loss_score(ce_clean, ce_zero, ce_spliced)``: the fraction of the loss gap the SAE recovers, a float."""
-    gen = _gen(fresh_seed())
-    clean = 1 + float(torch.rand(1, generator=gen))
-    zero = clean + 2 + 3 * float(torch.rand(1, generator=gen))
-    cases = [dict(ce_clean=ce_clean, ce_zero=ce_zero, ce_spliced=ce_spliced)]
-    # spliced between clean and zero ablation; worse than zero ablation (a negative score); better than clean (above 1)
-    for low, high in ((0.05, 0.55), (1.1, 1.6), (-0.4, -0.1)):
-        spliced = clean + (zero - clean) * (low + (high - low) * float(torch.rand(1, generator=gen)))
-        cases.append(dict(ce_clean=clean, ce_zero=zero, ce_spliced=spliced))
-    check_function(
-        "07.6",
-        learner,
-        _ce_reference,
-        cases,
-        mistakes={
-            "clean and zero-ablation are swapped: you computed the fraction of the loss gap *lost* (1 - score). "
-            "The score is (CE zero - CE spliced) / (CE zero - CE clean).": lambda ce_clean, ce_zero, ce_spliced: (ce_clean - ce_spliced) / (ce_clean - ce_zero),
-            "you divided by the zero-ablation loss alone; divide by the gap between zero ablation and clean: CE zero - CE clean.": lambda ce_clean, ce_zero, ce_spliced: (ce_zero - ce_spliced) / ce_zero,
-            "you returned the raw increase in loss (CE spliced - CE clean); normalise it: score = (CE zero - CE spliced) / (CE zero - CE clean).": lambda ce_clean, ce_zero, ce_spliced: ce_spliced - ce_clean,
-            "you compared the spliced loss with the clean one only (CE clean / CE spliced); the score is measured against zero ablation.": lambda ce_clean, ce_zero, ce_spliced: ce_clean / ce_spliced,
-        },
-        hint="score = (CE zero ablation - CE spliced) / (CE zero ablation - CE clean): 1 = the SAE loses nothing, 0 = as bad as zeroing the activation.",
-        success="your CE loss score matches",
-        atol=1e-6,
-    )
+def check_control_latents(learner: Callable, acts: Float[Tensor, "n d_sae"], latent: int, n: int = 10, factor: float = 2.0) -> list[int]:
+    """``control_latents(acts, latent, n)``: n other live latents of similar activation size (within ``factor``).
 
-
-# 07.5 (dead latents) ---------------------------------------------------------------------------------
-
-
-def _dead(acts, *, how):
-    if how == "entries":
-        return (acts == 0).float().mean().item()
-    if how == "some_token":
-        return (acts == 0).any(0).float().mean().item()
-    if how == "count":
-        return int((acts > 0).any(0).logical_not().sum())
-    if how == "alive":
-        return (acts > 0).any(0).float().mean().item()
-    raise ValueError(how)
-
-
-def check_dead_fraction(learner: Callable, acts: Float[Tensor, "n d_sae"]) -> None:
-    """``dead_fraction(acts)``: the fraction of latents that never fire on any token of the window, a float."""
+    Run on the notebook's latents and on fresh random ones; checks what makes the control valid.
+    Returns the learner's controls on the notebook's latents.
+    """
     seed = fresh_seed()
-    cases = [dict(acts=acts)]
-    for i, (n, d_sae) in enumerate(((30, 24), (8, 33))):
-        latents = sparse_latents(seed + i, n=n, d_sae=d_sae)
-        dense = torch.randperm(d_sae, generator=_gen(seed + i))[:3]
-        latents[:, dense] = 0.5 + torch.rand(n, 3, generator=_gen(seed + i))  # a few latents fire on every token
-        cases.append(dict(acts=latents))
-    check_function(
-        "07.5",
-        learner,
-        lambda acts: sae_lib.dead_latents(acts).float().mean().item(),
-        cases,
-        mistakes={
-            "you returned the fraction of zero *entries*; a latent is dead only if it is zero on every token: (acts > 0).any(0) says which latents are alive.": lambda **c: _dead(**c, how="entries"),
-            "you counted latents that are silent on *some* token; dead means silent on *all* tokens of the window.": lambda **c: _dead(**c, how="some_token"),
-            "you returned the number of dead latents; divide by the number of latents to get a fraction.": lambda **c: _dead(**c, how="count"),
-            "you returned the fraction of *alive* latents; dead fraction = 1 - that.": lambda **c: _dead(**c, how="alive"),
-        },
-        hint="a latent is dead if it fires (> 0) on no token: ~(acts > 0).any(0), then the mean as a float.",
-        success="your dead-latent fraction matches",
-    )
+    fresh = sparse_latents(seed, n=60, d_sae=400)
+    sizes = _mean_size(fresh)
+    order = sizes.argsort()
+    fresh_latent = int(order[len(order) * 2 // 3])  # a live latent with plenty of others near its size
+    chosen = None
+    for i, (a, target, m) in enumerate(((acts.reshape(-1, acts.shape[-1]), latent, n), (fresh, fresh_latent, 6))):
+        got = call_learner("07.5", learner, a, target, m, unchanged=("0",), unchanged_hint="do not modify the activations you are given.")
+        try:
+            got = [int(g) for g in (got.tolist() if isinstance(got, Tensor) else got)]
+        except (TypeError, ValueError):
+            raise CheckFailed("07.5", f"return a list of {m} latent indices (integers), got {type(got).__name__}.") from None
+        size = _mean_size(a)
+        if len(got) != m:
+            raise CheckFailed("07.5", f"asked for {m} control latents, got {len(got)}.")
+        if len(set(got)) != m:
+            raise CheckFailed("07.5", "a latent appears twice among your controls: each control should be a different latent.")
+        if any(not 0 <= g < a.shape[-1] for g in got):
+            raise CheckFailed("07.5", f"latent indices run from 0 to {a.shape[-1] - 1}.")
+        if target in got:
+            raise CheckFailed("07.5", "your controls include the latent under test itself: a control is a *different* latent.")
+        if any(size[g] == 0 for g in got):
+            raise CheckFailed("07.5", "some of your controls never fire on these tokens: ablating a dead latent changes nothing, which makes any latent look important by comparison.")
+        off = [g for g in got if not size[target] / factor <= size[g] <= size[target] * factor]
+        if off:
+            raise CheckFailed(
+                "07.5",
+                f"{len(off)} of your controls fire at a very different size (their mean activation where they fire is more than a factor {factor:g} away from the tested latent's): "
+                "a bigger latent moves the activation more, so the comparison would not be like for like.",
+            )
+        if i == 0:
+            chosen = got
+    passed("07.5", "your controls are other live latents of the same activation size: removing them is as large an edit")
+    return chosen
+
+
+# 07.3 and 07.6 (interpretations) -----------------------------------------------------------------------
+
+CONFOUND_OPTIONS = {
+    "A": "the latent detects the main verb of a sentence in context: its AUC is near 1 on held-out tokens",
+    "B": "the score says little about context: the word itself predicts the label about as well, so a latent that reads the word would score the same",
+    "C": "the SAE is broken: no latent should reach an AUC this high",
+    "D": "the token-identity baseline is unfair: it was fitted on the labels, the latent was not",
+}
+_CONFOUND_SEALED = (
+    "04ed937e280f0571",
+    "31311e29a9b225ecaf9b634c776f011b",
+    "E0V1JCNdPwVTkpfciSzu0DRxjgdxUu3xgGuDOhRCZ0PAh0UzHwJ1fE9CvoEAEeIc/ZU8yuVehFt7jZi2K+vEV61kFVqhvheavytf2fskNirw7t5QxHwmhzOe+gtFvEPK4MuvHk8QiJfgkkyL9kK6J2BH9z/6gTYDshjUipF8tqJeUJ3XoXSaj/V9IUtXnp6ZcuFUj5HxLSv/Ee290kQbfixSeFSHo/LUsWTQB3vFAok4syN+a2JxjI7tJQqXAdOG0SRDOpI7DtcUjSIcWeM5GUhlFMLPN1bCxws=",
+)
+_CONFOUND_HINTS = {
+    "A": "a high AUC on held-out tokens shows the latent tracks the label; compare it with what the word alone achieves.",
+    "C": "a latent that fires on a handful of words can reach AUC 1 honestly; the question is what the label adds to the word.",
+    "D": "the latent was picked among hundreds for this label on training tokens, which is also a fit; and the baseline is scored on held-out tokens too.",
+}
+
+
+def check_confound(answer) -> str:
+    """07.3: what a near-perfect AUC for the role 'verb' shows, next to the token-identity baseline."""
+    return check_choice("07.3", answer, CONFOUND_OPTIONS, _CONFOUND_SEALED, hints=_CONFOUND_HINTS)
+
+
+INTERVENTION_OPTIONS = {
+    "A": "the latent is the model's agreement mechanism: without it the model cannot agree",
+    "B": "the latent has no causal role: the effect is no bigger than that of random latents",
+    "C": "the latent carries part of the subject's number and the model uses it, but other directions carry number too",
+    "D": "the effect is an artefact of splicing the SAE in, which changes the model's output by itself",
+}
+_INTERVENTION_SEALED = (
+    "c1c1f573097e7baf",
+    "c1c2ad673e6f017f0ecdfdc1d2b1ae8d",
+    "MibF86ee2Dbb0sdPCtaG6/NdsA4gZLexBgW30qQY37d5GYC7zQhkrmTY8uaNKhvPnOWKjW0dczqlG+KaoxuD5HU3TRkVWrzgy/0/97zoGqj0VJEPE7iGsEJYQjjlVXVi1GYmAEOYPRVzbDmGxgyNufTEsPn/l0DsRvHGZ/fByjb33vqIFHgar+wgnqkrpznpnR7Z+k8N2LpZFNeTW8Y8G+OWzDxoTQ0KixSB/Z9RSEguXmfycMXd4p6Gkv6nLjD9rXwWMNW0zstSyyavhaAd5Bagsm8FMk2Bmn9wz3US5annQi9zv5eWqdP54C3hc3PMbi5XG20B0y5mMoNccDRt8YE5ce9cGJLD2ngZEXGKtaTYUng3GVY=",
+)
+_INTERVENTION_HINTS = {
+    "A": "look at how much of the logit difference survives the ablation.",
+    "B": "compare the latent's effect with the controls' in the table: same size of edit, different effect.",
+    "D": "the error term is kept: with no edit the spliced model's logits equal the original's (asserted above).",
+}
+
+
+def check_intervention(answer) -> str:
+    """07.6: what ablating and steering the agreement latent, against matched random latents, shows (toy-lm)."""
+    return check_choice("07.6", answer, INTERVENTION_OPTIONS, _INTERVENTION_SEALED, hints=_INTERVENTION_HINTS)
