@@ -180,6 +180,36 @@ def test_control_prediction_is_not_graded_on_another_model(example, control_case
 # 08.4
 
 
+@pytest.fixture(scope="module")
+def sva_case():
+    from mi_course import load_model
+    from mi_course.tasks import make_task
+
+    model = load_model("toy-lm").requires_grad_(False)
+    task = make_task("sva", model, n=20, seed=3, variant="pp")
+    positions = {"subject": int(task.positions["subject"][0]), "end": int(task.positions["end"][0])}
+    return model, task, positions
+
+
+def test_patch_prediction(sva_case, capsys):
+    model, task, positions = sva_case
+    truth = nb08.check_patch_prediction({"subject": 0.0, "end": 1.0}, model, task, positions, 2)
+    assert truth["subject"] < 0.3 and truth["end"] > 0.7  # toy-lm: the subject decides, the end barely
+    nb08.check_patch_prediction({k: np.float64(v - 0.15) for k, v in truth.items()}, model, task, positions, 2)
+    assert capsys.readouterr().out.count("✓ Exercise 08.4 passed") == 2
+    fails_with(nb08.check_patch_prediction, {"subject": truth["subject"], "end": 0.0}, model, task, positions, 2, hint="end is too low")
+    fails_with(nb08.check_patch_prediction, {"subject": 1.0, "end": truth["end"]}, model, task, positions, 2, hint="subject is too high")
+    fails_with(nb08.check_patch_prediction, None, model, task, positions, 2, hint="no prediction yet")
+    fails_with(nb08.check_patch_prediction, {"end": 1.0}, model, task, positions, 2, hint="one normalised metric per position")
+    fails_with(nb08.check_patch_prediction, {"subject": "low", "end": "high"}, model, task, positions, 2, hint="should be a number")
+    out = nb08.check_patch_prediction({"subject": 1.0, "end": 0.0}, model, task, positions, 2, "gpt2-small")
+    printed = capsys.readouterr().out
+    assert "not graded" in printed and "passed" not in printed and out == pytest.approx(truth)
+
+
+# 08.5
+
+
 def inlp_reference(x, y, n_iterations):
     return probing.inlp(x, y, n_iterations)[0]
 
@@ -261,7 +291,7 @@ def inlp_example():
 def test_inlp_correct_answers_pass(inlp_example, capsys):
     for learner in (inlp_reference, inlp_gram_schmidt, inlp_sklearn):
         nb08.check_inlp(learner, *inlp_example)
-    assert capsys.readouterr().out.count("✓ Exercise 08.4 passed") == 3
+    assert capsys.readouterr().out.count("✓ Exercise 08.5 passed") == 3
 
 
 @pytest.mark.parametrize(
@@ -295,13 +325,13 @@ def test_inlp_fresh_data_needs_several_rounds():
             assert (acc > majority + 0.15) if readable else (acc < majority + 0.06), (seed, rounds, acc)
 
 
-# 08.5
+# 08.6
 
 
 def test_end_position_choice(capsys):
     nb08.check_end_position("C")
     nb08.check_end_position(" c ")
-    assert capsys.readouterr().out.count("✓ Exercise 08.5 passed") == 2
+    assert capsys.readouterr().out.count("✓ Exercise 08.6 passed") == 2
     for wrong, hint in (("A", "reflecting along its direction"), ("B", "same-number control"), ("D", "either one reverse")):
         fails_with(nb08.check_end_position, wrong, hint=hint)
     fails_with(nb08.check_end_position, None, hint="no answer yet")

@@ -27,6 +27,7 @@ __all__ = [
     "check_control_task",
     "check_end_position",
     "check_inlp",
+    "check_patch_prediction",
     "check_split_by_prompt",
 ]
 
@@ -35,7 +36,7 @@ __all__ = [
 REFERENCES: dict[str, tuple[str, ...]] = {
     "08.1": ("mi_course.probing.train_test_split",),
     "08.2": ("mi_course.probing.control_labels",),
-    "08.4": ("mi_course.probing.inlp",),
+    "08.5": ("mi_course.probing.inlp",),
 }
 
 
@@ -199,6 +200,48 @@ def check_control_prediction(
 # 08.4 ---------------------------------------------------------------------------------
 
 
+def check_patch_prediction(
+    prediction: Any, model, task, positions: dict[str, int], layer: int, model_name: str = "toy-lm", tolerance: float = 0.2
+) -> dict[str, float]:
+    """Grade predicted normalised metrics after noising the residual at each named position (patched here, from ``task``'s corrupted prompts).
+
+    The prediction is about toy-lm: on another model the measured values are printed and nothing is graded.
+    """
+    from mi_course.patching import patch_resid_pre
+
+    ex = "08.4"
+    names = list(positions)
+    if prediction is None or prediction is Ellipsis:
+        raise CheckFailed(ex, "no prediction yet: fill in the exercise cell above.", "no-answer")
+    plain = _plain(prediction)
+    if not isinstance(plain, dict) or set(plain) != set(names):
+        raise CheckFailed(ex, f"give a dict with one normalised metric per position, keys {names}; got {_describe(plain)}.")
+    try:
+        guess = {k: float(plain[k]) for k in names}
+    except (TypeError, ValueError):
+        raise CheckFailed(ex, "each prediction should be a number: the normalised metric, 1 for the clean behaviour, 0 for the flipped one.") from None
+    with torch.no_grad():
+        by_pos = patch_resid_pre(model, task.clean_tokens, task.corrupted_tokens, task.metric, direction="noising", positions=list(positions.values()), progress=False)
+    scale = task.clean_value - task.corrupted_value
+    truth = {k: (by_pos[layer, p].item() - task.corrupted_value) / scale for k, p in positions.items()}
+    if model_name != "toy-lm":
+        print(f"The prediction was about toy-lm; on {model_name} the patches give " + ", ".join(f"{k} {v:.2f}" for k, v in truth.items()) + " (not graded).")
+        return truth
+    for name in names:
+        if abs(guess[name] - truth[name]) > tolerance:
+            how = "high" if guess[name] > truth[name] else "low"
+            raise CheckFailed(
+                ex,
+                f"your guess for the {name} is too {how} (more than {tolerance} away). This patch replaces everything the residual holds at that place, "
+                "in any direction: which position do the reflections of section 7 suggest the model reads the number from, and how many blocks after this layer could still read it from there?",
+            )
+    passed(ex, f"within {tolerance} of the measured patches (" + ", ".join(f"{k} {v:.2f}" for k, v in truth.items()) + ").")
+    return truth
+
+
+# 08.5 ---------------------------------------------------------------------------------
+
+
 def _redundant_data(seed: int, n: int = 600, d: int = 16) -> tuple[Tensor, Tensor]:
     """Two classes whose means differ along several directions, in anisotropic noise: one round of INLP is not enough."""
     gen = torch.Generator().manual_seed(seed)
@@ -232,7 +275,7 @@ def check_inlp(learner: Callable, x: Float[Tensor, "n d"], y: Int[Tensor, "n"]) 
     two fresh random inputs (10 rounds, data where the label is readable along several directions)
     a fresh linear probe on the projected data must also be at chance.
     """
-    ex = "08.4"
+    ex = "08.5"
     if not callable(learner):
         raise CheckFailed(ex, f"expected a function, got {type(learner).__name__}.")
     cases = [(torch.as_tensor(x).float().clone(), torch.as_tensor(y).long().clone(), 3, False)]
@@ -271,7 +314,7 @@ def check_inlp(learner: Callable, x: Float[Tensor, "n d"], y: Int[Tensor, "n"]) 
     passed(ex, "a symmetric, idempotent projection, one direction per round, and a fresh probe at chance afterwards (the example and 2 fresh random inputs).")
 
 
-# 08.5 ---------------------------------------------------------------------------------
+# 08.6 ---------------------------------------------------------------------------------
 
 END_POSITION_OPTIONS = {
     "A": "the model decides agreement at the last position, along the probe's direction",
@@ -279,13 +322,13 @@ END_POSITION_OPTIONS = {
     "C": "the last position carries a minor part of the decision; most of it is taken later, by reading the subject position",
     "D": "the logistic probe found the wrong direction; the difference-of-means direction flips agreement at the last position",
 }
-_END_POSITION_ANSWER = ('1e8d816ebecee4ed', '5ae43d447ca4dcc6336520732276a6e6', 'oUT+X1ZO8Byf1nNGIbsCvC06L3DAvz7SxUtpqsmrXhSdgxpqEft8/X+a15CDhIrnvUlX4RhdyTnz5dWSPix7lybIvGVf3KsYTSgZOhg1t3Uqgx3up25Ud2HA6yQh+dfy3w0PIym7NaM8OKvPRuhCCMHWjBKDzgbws2q1WAaCaGuvYx1GFVnk5ZSMp7Grx9KEkW9KTSihiNLGspxkL4fCKmGviR2KXAKm8MCrXlsQcyL/kUJkUYUcecCeGSARX2ABQ2Il/xyr7LFdCmh51uNRVrrD+N1+uW4eJFCyEQV8LnhYu47Q5tgRU9SKiWk75YAk3V1HLqvlPK06SXQmiOYfuUTodZE4wlRzL6jLlQ7gcLNxf9hFcMebUrkfwzAIxDbHt85wNwISbxpLkm42xGekdyHcd4WgsyMLonIk8Zbcfuw/fzLJTXWeDv+hpCJkKSOsxyFV31NyBjzQpS7X2kw4TFnStyU24GT8HDv6dnr1ctaf7i5A4vcC13vyubIPeoeVWzjfiGiAptqOWsXv1JcDaEyEnxGDsTqvoUmiyXITeDlv88cpcDstR1jbmp1Bou7jZj1Kcct6Ckzd1OHK7reWABuTbfyXEZ78X5/eASSe9AI8WNhetP1V4gQWIpIowNZKUqcC5+eCoPK8jlq+k9Z/0JS5rSXsDk4C8C6wFjsKV3iVBfDD4U/BIyD8cpdzpPJEJBL/PTMu8ouYJEFeQr/BSLgv7XbAmZek+M+DB5/f78QkV34gLot2HDHLoNeMV5cgluJ49N5lcKTO8xA6DrDVjnQEdOSWfRAMfWvpKbVrgvDjCT8wt+rGwdP5OG3jts3e7sG//bYgkYMO+0E=')
+_END_POSITION_ANSWER = ('05d6a9cee8b4618c', '8e46f54ac27035a19ec978f6f42afbf2', 's/QZuWpHre530aKpnGi+wSaMab9UAqPZQm6ZcahJsnbO9Nwi8zcgJvHytX83VkqYHY39Uaw5NbktbLC3y9SQ5R00MHfc0ptVdNtcB1GdXn5A3TiEarECLbOJw+dZLwRfkdnqcY5OsjqDWU22gqeJu/DLHj+b7Q75kpWthedRR9GnvgtmnM3nZCGU1KuLsHeNYkA1C3RIeL/K4RY7yOXe6XCT3Iuk8BnlCUZf2c/J4OGL+fsoSE/ZrK9X57A+TW56x38Fdn4Q46bjNzwKr+gDPhRU95V44L26F7NxqMq7EpmA6dv/DZUOClByUA4UQLh6UZX3rYj78qGmq8DNZq/EokC0mOJt2glfnqFJ2NcC4/ke9TA6tiHHaoEN/GAry7+cQtlXnelAtk+EPGchNeJF/HBY04DjbXa40Gp9TiJKJZhluyfUxbyH9XjUrQEE+201ftzY44ww4PIStBY+BKE0d4pm6v4Jhs4pBYoUouxVQbawlv0PCJxf8cYECv8OA09pqRdSBHzHAZalbmHVufdo2aNh8NhvwhxKk16sQOJVRNYtvgMOmEZzRaWY9V1MO6QbUXgDNCdPgt/Va97xNpdifOb7SJ4dwesmjw28/TokaHtGh73WFFdkOcvK0NYelW4oAmlqRU2df7vDud/VqZmJn3wJ9kzoyrFcbgZYKQlSyd/HiWJrYrRYXtIbcZTVqmPA20ENT1lQt7CJg6+JTuMs6XMhzRE5Y9eq33gVFUO5KoG6I7eJNxcPuw6cZLybtHwhktKQCh4p9Y8k9fNDo7Es9uR1GuJcAmTRlSl2wvdWhPo672u6xinGfMn19JNSrAZOly9mUHoxadOHxGk=')
 
 
 def check_end_position(answer: Any) -> None:
-    """Which reading of the last-position evidence (section 8, toy-lm) the controls support."""
+    """Which reading of the last-position evidence (sections 7 and 8, toy-lm) the controls support."""
     check_choice(
-        "08.5",
+        "08.6",
         answer,
         END_POSITION_OPTIONS,
         _END_POSITION_ANSWER,
