@@ -15,7 +15,12 @@ variance = 1 - sum |x - x_hat|^2 / sum |x - mean(x)|^2 and FVU = 1 - explained v
 CE loss score = (CE zero-ablated - CE with the SAE spliced in) / (CE zero-ablated - clean
 CE); dead latents = latents that never fire over a window of tokens.
 
-The metric functions accept any SAE with ``encode`` and ``decode`` (ours or SAELens's).
+The metric functions accept any SAE with ``encode`` and ``decode`` (ours or SAELens's), and
+so do the interventions: `run_with_latent_edit` splices the SAE in with its error term kept
+(so that only the edit changes the model), `latent_attribution` estimates every latent's
+ablation effect at once (attribution patching, notebook 06), and `matched_random_latents` draws
+the control latents. `PCAReconstruction`, `token_identity_auc` and a random TopK SAE are the
+baselines that keep the metrics and the latent scores honest.
 Why SAEs are needed at all is shown by `train_toy_superposition`: a toy model of
 superposition (Elhage et al. 2022) stores more sparse features than it has dimensions.
 """
@@ -727,6 +732,9 @@ def best_latent_heldout(
     Returns (latent, training AUC, held-out AUC). Picking and scoring on the same tokens would
     reward the luckiest of thousands of latents.
     """
-    scores = score_latents(train_acts, np.asarray(train_labels, dtype=bool), min_count=1)
+    train_labels = np.asarray(train_labels, dtype=bool)
+    if train_labels.all() or not train_labels.any():
+        raise ValueError("the training tokens need both labels (some True, some False) to pick a latent.")
+    scores = score_latents(train_acts, train_labels, min_count=1)
     best = next(s for s in scores if s.label == "True")
     return best.latent, best.auc, binary_auc(test_acts[:, best.latent], test_labels)

@@ -378,3 +378,5 @@ def test_token_identity_auc_and_heldout_scores_against_sklearn():
     assert binary_auc(np.array([1.0, 1.0, 0.0]), np.array([True, False, False])) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="both positive and negative"):
         binary_auc(np.ones(3), np.ones(3, dtype=bool))
+    with pytest.raises(ValueError, match="need both labels"):
+        best_latent_heldout(acts, np.zeros(300, dtype=bool), test_acts, test_noisy)
