@@ -46,10 +46,14 @@ __all__ = [
     "edge_attribution_patching_ig",
     "edge_patching_effects",
     "faithfulness_curve",
+    "frozen_head_patching",
     "node_attribution",
     "rank_correlation",
     "top_k_overlap",
+    "validation_sample",
 ]
+
+FREEZABLE = ("attention", "layernorm")
 
 
 def _gradients(
@@ -307,3 +311,78 @@ def top_k_overlap(a: Tensor | Sequence[float], b: Tensor | Sequence[float], k: i
         raise ValueError(f"need two score lists of the same length and 1 <= k <= length, got {a.numel()}, {b.numel()} and k={k}.")
     top_a, top_b = set(a.abs().topk(k).indices.tolist()), set(b.abs().topk(k).indices.tolist())
     return len(top_a & top_b) / k
+
+
+def _frozen_hooks(model: HookedTransformer, cache: dict[str, Tensor], freeze: Sequence[str]) -> list:
+    """Hooks that pin every attention pattern and/or layer-norm scale to its value in `cache`.
+
+    The pinned value is a constant: no gradient flows through it, and a patch upstream cannot move it.
+    """
+    unknown = sorted(set(freeze) - set(FREEZABLE))
+    if unknown:
+        raise ValueError(f"can freeze only {FREEZABLE}, not {unknown}.")
+    names = []
+    if "attention" in freeze:
+        names += [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    if "layernorm" in freeze:
+        names += [name for name in model.hook_dict if name.endswith("hook_scale")]
+    return [(name, lambda act, hook: cache[hook.name]) for name in names]
+
+
+def frozen_head_patching(
+    model: HookedTransformer,
+    clean_tokens: Int[Tensor, "batch pos"],
+    corrupted_tokens: Int[Tensor, "batch pos"],
+    metric: Metric,
+    freeze: Sequence[str] = (),
+) -> tuple[Float[Tensor, "layer head"], Float[Tensor, "layer head"]]:
+    """AtP estimate and exact effect of noising each head's output, with nonlinearities frozen in both.
+
+    ``freeze`` names the nonlinearities ("attention": every attention pattern, "layernorm": every
+    layer norm's scale) held at their clean-run values, in the gradient and in the patched runs
+    alike. If the AtP error drops when one of them is frozen, the curvature of that nonlinearity
+    caused it. With nothing frozen this is `attribution_patching` on ``hook_z`` and the exact
+    noising sweep; with every nonlinearity of an attention-only model frozen, the metric is
+    linear in each head's output and the two agree. 1 backward and n_layers x n_heads + 3 forward passes.
+    """
+    check_tokens(clean_tokens, corrupted_tokens)
+    cfg = model.cfg
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(cfg.n_layers)]
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean_tokens)
+        _, corrupted_cache = model.run_with_cache(corrupted_tokens, names_filter=z_names)
+    hooks = _frozen_hooks(model, clean_cache.cache_dict, freeze)
+    with model.hooks(fwd_hooks=hooks):
+        acts, grads = _gradients(model, clean_tokens, metric, z_names)
+        estimate = torch.stack([((corrupted_cache[n] - acts[n]) * grads[n]).sum(dim=(0, 1, 3)) for n in z_names])
+    exact = torch.zeros(cfg.n_layers, cfg.n_heads)
+    with torch.no_grad():
+        base = float(metric_value(metric, model(clean_tokens)))
+        for layer, name in enumerate(z_names):
+            for head in range(cfg.n_heads):
+
+                def patch(z: Tensor, hook, head: int = head) -> Tensor:
+                    z = z.clone()
+                    z[:, :, head] = corrupted_cache[hook.name][:, :, head]
+                    return z
+
+                logits = model.run_with_hooks(clean_tokens, fwd_hooks=[(name, patch)] + hooks)
+                exact[layer, head] = float(metric_value(metric, logits)) - base
+    return estimate, exact
+
+
+def validation_sample(scores: Tensor | Sequence[float], budget: int, seed: int) -> list[int]:
+    """Which components to patch exactly, with `budget` forward passes, to check an attribution ranking.
+
+    Half of the budget (rounded up) goes to the components with the largest |score|, the ones a
+    circuit would keep; the rest is drawn at random (seeded) from all the others, where a false
+    negative would hide. Returns flat indices into ``scores``.
+    """
+    scores = torch.as_tensor(scores).flatten()
+    if not 1 <= budget <= scores.numel():
+        raise ValueError(f"budget must be between 1 and the number of components ({scores.numel()}), got {budget}.")
+    order = scores.abs().argsort(descending=True, stable=True)
+    n_top = (budget + 1) // 2
+    rest = order[n_top:]
+    drawn = rest[torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(seed))[: budget - n_top]]
+    return order[:n_top].tolist() + sorted(drawn.tolist())

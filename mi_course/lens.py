@@ -34,6 +34,7 @@ __all__ = [
     "layer_labels",
     "lens_answer_stats",
     "lens_top_tokens",
+    "name_control",
     "logit_lens",
     "resid_hook_names",
     "residual_stack",
@@ -290,3 +291,28 @@ def lens_answer_stats(
     at = torch.stack([at_pos(layer_logits, pos) for layer_logits in lens_logits])
     expanded = answers.expand(at.shape[:-1])
     return answer_rank(at, expanded), answer_prob(at, expanded)
+
+
+def name_control(
+    tokens: Int[Tensor, "batch pos"], io: Int[Tensor, " batch"], s: Int[Tensor, " batch"], names: Int[Tensor, " n_names"], seed: int
+) -> Int[Tensor, "batch pos"]:
+    """IOI prompts with both names replaced by two other names (a control for a lens readout).
+
+    Every place of the indirect object ``io`` gets one new name and every place of the subject
+    ``s`` another, drawn (seeded) from ``names`` without the prompt's own two; all other tokens,
+    the last one included, stay. The lens then reads the same template and last token with
+    neither of the clean answers in the context: what it still shows is the prior (bigram
+    statistics), not information read from the prompt.
+    """
+    if tokens.ndim != 2 or io.shape != (tokens.shape[0],) or s.shape != io.shape:
+        raise ValueError(f"need tokens [batch, pos] and io, s [batch], got {tuple(tokens.shape)}, {tuple(io.shape)} and {tuple(s.shape)}.")
+    gen = torch.Generator().manual_seed(seed)
+    out = tokens.clone()
+    for row in range(tokens.shape[0]):
+        others = names[(names != io[row]) & (names != s[row])]
+        if len(others) < 2:
+            raise ValueError("need at least two names besides the prompt's own two.")
+        new_io, new_s = others[torch.randperm(len(others), generator=gen)[:2]]
+        out[row][tokens[row] == io[row]] = new_io
+        out[row][tokens[row] == s[row]] = new_s
+    return out

@@ -285,3 +285,54 @@ def test_benchmark_quick_mode(root, monkeypatch, capsys):
     finally:
         torch.set_num_threads(threads)  # the benchmark pins one thread
     assert "speed-up" in capsys.readouterr().out
+
+
+# --- frozen nonlinearities and validation samples ---------------------------------------------
+
+
+def test_frozen_head_patching_without_freezing_is_atp_and_exact_patching():
+    model = model_of(3, n_layers=2)
+    clean, corrupted = prompts(3, corrupt=slice(1, 6))
+    estimate, exact = A.frozen_head_patching(model, clean, corrupted, logit_diff)
+    torch.testing.assert_close(estimate, A.attribution_patching(model, clean, corrupted, logit_diff, "z", ("layer", "head")), atol=ATOL, rtol=0)
+    torch.testing.assert_close(exact, exact_change(model, clean, corrupted, "z", ("layer", "head")), atol=ATOL, rtol=0)
+
+
+def test_freezing_every_nonlinearity_of_an_attention_only_model_makes_atp_exact():
+    """Attention patterns and layer-norm scales pinned: the logits are linear in every head's output."""
+    model = model_of(4, n_layers=3, attn_only=True)
+    clean, corrupted = prompts(4, corrupt=slice(0, 7))
+    estimate, exact = A.frozen_head_patching(model, clean, corrupted, logit_diff)
+    assert (estimate - exact).abs().max() > 1e-2, "unfrozen, the model is not linear in the heads' outputs"
+    estimate, exact = A.frozen_head_patching(model, clean, corrupted, logit_diff, freeze=("attention", "layernorm"))
+    assert exact.abs().max() > 1e-2
+    torch.testing.assert_close(estimate, exact, atol=ATOL, rtol=0)
+    # an independent computation of one frozen patch: the last layer's head, whose output reaches
+    # the logits only through the frozen final norm: its change times W_O, / clean scale * w, @ W_U
+    _, cache = model.run_with_cache(clean)
+    _, corrupted_cache = model.run_with_cache(corrupted)
+    layer, head = 2, 1
+    delta = (corrupted_cache["z", layer][:, :, head] - cache["z", layer][:, :, head]) @ model.W_O[layer, head]
+    delta = delta - delta.mean(-1, keepdim=True)
+    logits = (delta[:, -1] / cache["ln_final.hook_scale"][:, -1]) * model.ln_final.w @ model.W_U
+    assert abs(float((logits[:, 1] - logits[:, 2]).mean().detach()) - float(exact[layer, head])) < ATOL
+
+
+def test_frozen_head_patching_rejects_unknown_nonlinearities():
+    model = model_of(0)
+    clean, corrupted = prompts(0)
+    with pytest.raises(ValueError, match="can freeze only"):
+        A.frozen_head_patching(model, clean, corrupted, logit_diff, freeze=("mlp",))
+
+
+def test_validation_sample_keeps_the_top_and_draws_the_rest():
+    scores = torch.tensor([0.1, -5.0, 0.0, 2.0, 0.3, -0.2, 4.0, 0.05, 0.0, 1.0])
+    sample = A.validation_sample(scores, 5, seed=0)
+    assert len(sample) == len(set(sample)) == 5
+    assert sample[:3] == [1, 6, 3], "the three largest |score| first"
+    assert set(sample[3:]) <= set(range(10)) - {1, 6, 3}
+    assert sample == A.validation_sample(scores, 5, seed=0)
+    draws = {tuple(A.validation_sample(scores, 5, seed=s)[3:]) for s in range(20)}
+    assert len(draws) > 5, "the rest changes with the seed"
+    with pytest.raises(ValueError, match="budget"):
+        A.validation_sample(scores, 11, seed=0)

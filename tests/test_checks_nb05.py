@@ -6,17 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mi_course import lens, residual
+from mi_course import lens, load_model
 from mi_course.checks import nb05
-from mi_course.checks.core import CheckFailed
-from test_checks_core import assert_never_passes  # the cheap checks (05.2, 05.4): wrong answers fail in each of 300 draws
+from mi_course.checks.core import CheckFailed, separates
+from mi_course.tasks import make_task
+from test_checks_core import assert_never_passes
 
 
 @pytest.fixture(scope="module")
 def example():
-    case = nb05.random_case(5)
-    case.pop("gen")
-    return case
+    return nb05.random_case(5)
 
 
 def fails_with(check, learner, *args, hint: str, **kwargs) -> None:
@@ -28,169 +27,148 @@ def fails_with(check, learner, *args, hint: str, **kwargs) -> None:
 # 05.1
 
 
-def lens_reference(model, cache, layer):
-    return model.ln_final(cache["resid_pre", layer]) @ model.W_U + model.b_U
+def stack_reference(model, tokens):
+    n = model.cfg.n_layers
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    return torch.stack([model.ln_final(cache[name]) @ model.W_U + model.b_U for name in names])
 
 
-def lens_other(model, cache, layer):
-    resid = lens.residual_stack(model, cache)[layer]
+def stack_other(model, tokens):
+    """Hand-written layer norm, einsum, and the stack from the package's residual_stack."""
+    resid = lens.residual_stack(model, tokens)
     centred = resid - resid.mean(-1, keepdim=True)
     normed = centred / (centred.var(-1, keepdim=True, unbiased=False) + model.cfg.eps).sqrt()
-    return torch.einsum("bpd,dv->bpv", normed * model.ln_final.w + model.ln_final.b, model.W_U) + model.b_U
+    return torch.einsum("lbpd,dv->lbpv", normed * model.ln_final.w + model.ln_final.b, model.W_U) + model.b_U
 
 
-def test_logit_lens_layer(example):
-    args = (example["model"], example["cache"])
-    nb05.check_logit_lens_layer(lens_reference, *args)
-    nb05.check_logit_lens_layer(lens_other, *args)
-    nb05.check_logit_lens_layer(lambda model, cache, layer: lens.logit_lens(model, cache)[layer], *args)
+def _decode_each(model, tokens, how):
+    _, cache = model.run_with_cache(tokens)
+    n = model.cfg.n_layers
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
+    return torch.stack([how(model, cache, cache[name]) for name in names])
 
-    def no_ln(model, cache, layer):
-        return cache["resid_pre", layer] @ model.W_U + model.b_U
 
-    def cached_scale(model, cache, layer):
-        resid = cache["resid_pre", layer]
+def test_logit_lens_stack(example):
+    args = (example["model"], example["tokens"])
+    nb05.check_logit_lens_stack(stack_reference, *args)
+    nb05.check_logit_lens_stack(stack_other, *args)
+
+    def cached_scale(model, cache, resid):
         normed = (resid - resid.mean(-1, keepdim=True)) / cache["ln_final.hook_scale"]
         return (normed * model.ln_final.w + model.ln_final.b) @ model.W_U + model.b_U
 
-    def post(model, cache, layer):
-        return model.ln_final(cache["resid_post", layer]) @ model.W_U + model.b_U
-
-    fails_with(nb05.check_logit_lens_layer, no_ln, *args, hint="forgot the final layer norm")
-    fails_with(nb05.check_logit_lens_layer, cached_scale, *args, hint="scale from the cache")
-    fails_with(nb05.check_logit_lens_layer, lambda model, cache, layer: model.ln_final(cache["resid_pre", layer]) @ model.W_U, *args, hint="unembedding bias")
-    fails_with(nb05.check_logit_lens_layer, post, *args, hint="off by one layer")
-
-
-# 05.2
+    fails_with(nb05.check_logit_lens_stack, lambda model, tokens: _decode_each(model, tokens, lambda m, c, r: r @ m.W_U + m.b_U), *args, hint="forgot the final layer norm")
+    fails_with(nb05.check_logit_lens_stack, lambda model, tokens: _decode_each(model, tokens, cached_scale), *args, hint="scale from the cache")
+    fails_with(nb05.check_logit_lens_stack, lambda model, tokens: _decode_each(model, tokens, lambda m, c, r: m.ln_final(r) @ m.W_U), *args, hint="unembedding bias")
+    fails_with(nb05.check_logit_lens_stack, lambda model, tokens: stack_reference(model, tokens)[:-1], *args, hint="the stack has")
+    fails_with(nb05.check_logit_lens_stack, lambda model, tokens: stack_reference(model, tokens)[1:], *args, hint="the stack has")
+    fails_with(nb05.check_logit_lens_stack, lambda model, tokens: stack_reference(model, tokens)[-1], *args, hint="one residual stream")
+    fails_with(nb05.check_logit_lens_stack, lambda model, tokens: None, *args, hint="returns None")
 
 
-def rank_other(logits, answers):
-    flat, ids = logits.reshape(-1, logits.shape[-1]), answers.reshape(-1)
-    ranks = [int((row > row[i]).sum()) + 1 for row, i in zip(flat, ids)]
-    return torch.tensor(ranks).reshape(answers.shape)
-
-
-@pytest.fixture(scope="module")
-def rank_example(example):
-    model, cache = example["model"], example["cache"]
-    logits = lens.logit_lens(model, cache)[:, :, -1]
-    return logits, logits[-1].argmax(-1).expand(logits.shape[:-1])
-
-
-def test_answer_rank(rank_example):
-    nb05.check_answer_rank(lens.answer_rank, *rank_example)
-    nb05.check_answer_rank(rank_other, *rank_example)
-
-    def zero_based(logits, answers):
-        return lens.answer_rank(logits, answers) - 1
-
-    def ties_against(logits, answers):
-        return (logits >= logits.gather(-1, answers[..., None])).sum(-1)
-
-    def from_bottom(logits, answers):
-        return (logits < logits.gather(-1, answers[..., None])).sum(-1) + 1
-
-    assert_never_passes(nb05.check_answer_rank, zero_based, *rank_example, hint="off by one")
-    assert_never_passes(nb05.check_answer_rank, ties_against, *rank_example, hint="ties")
-    assert_never_passes(nb05.check_answer_rank, from_bottom, *rank_example, hint="from the bottom")
-    assert_never_passes(nb05.check_answer_rank, lambda logits, answers: (logits >= logits.gather(-1, answers[..., None])).sum(-1) + 1, *rank_example, hint="ties")
-    assert_never_passes(nb05.check_answer_rank, lambda logits, answers: (logits.argsort(-1, descending=True) == answers[..., None]).float().argmax(-1) + 1, *rank_example, hint=None)
-
-
-# 05.3
-
-
-def head_reference(model, cache, layer, head):
-    return lens.component_logits(model, cache, residual.head_outputs(model, cache, layer)[:, -1, head])
-
-
-def head_other(model, cache, layer, head):
-    out = torch.einsum("bd,dm->bm", cache["z", layer][:, -1, head], model.W_O[layer, head])
-    centred = out - out.mean(-1, keepdim=True)
-    return torch.einsum("bm,mv->bv", centred * model.ln_final.w / cache["ln_final.hook_scale"][:, -1], model.W_U)
-
-
-def test_head_logits(example):
-    args = (example["model"], example["cache"])
-    nb05.check_head_logits(head_reference, *args, layer=1, head=1)
-    nb05.check_head_logits(head_other, *args, layer=1, head=1)
-
-    def own_ln(model, cache, layer, head):
-        return model.ln_final(cache["z", layer][:, -1, head] @ model.W_O[layer, head]) @ model.W_U
-
-    def with_b_U(model, cache, layer, head):
-        return head_other(model, cache, layer, head) + model.b_U
-
-    def no_scale(model, cache, layer, head):
-        out = cache["z", layer][:, -1, head] @ model.W_O[layer, head]
-        return ((out - out.mean(-1, keepdim=True)) * model.ln_final.w) @ model.W_U
-
-    fails_with(nb05.check_head_logits, own_ln, *args, layer=1, head=1, hint="on its own")
-    fails_with(nb05.check_head_logits, with_b_U, *args, layer=1, head=1, hint="b_U")
-    fails_with(nb05.check_head_logits, no_scale, *args, layer=1, head=1, hint="forgot the final layer norm's scale")
-
-
-# 05.4
-
-
-def kl_reference(final_logits, lens_logits):
-    log_p = final_logits.log_softmax(-1)
-    return (log_p.exp() * (log_p - lens_logits.log_softmax(-1))).sum(-1)
-
-
-def kl_other(final_logits, lens_logits):
-    return torch.nn.functional.kl_div(lens_logits.log_softmax(-1), final_logits.log_softmax(-1), log_target=True, reduction="none").sum(-1)
-
-
-@pytest.fixture(scope="module")
-def kl_example(example):
-    logits = lens.logit_lens(example["model"], example["cache"])
-    return logits[-1], logits[0]
-
-
-def test_kl_final_to_lens(kl_example):
-    nb05.check_kl_final_to_lens(kl_reference, *kl_example)
-    nb05.check_kl_final_to_lens(kl_other, *kl_example)
-
-    def swapped(final_logits, lens_logits):
-        return kl_reference(lens_logits, final_logits)
-
-    def probs(final_logits, lens_logits):
-        p, q = final_logits.softmax(-1), lens_logits.softmax(-1)
-        return (p * (p - q)).sum(-1)
-
-    def raw_logits(final_logits, lens_logits):
-        return (final_logits.softmax(-1) * (final_logits - lens_logits)).sum(-1)
-
-    assert_never_passes(nb05.check_kl_final_to_lens, swapped, *kl_example, hint="swapped")
-    assert_never_passes(nb05.check_kl_final_to_lens, probs, *kl_example, hint="probabilities, not log-probabilities")
-    assert_never_passes(nb05.check_kl_final_to_lens, raw_logits, *kl_example, hint="raw logits")
-    assert_never_passes(nb05.check_kl_final_to_lens, lambda final_logits, lens_logits: kl_reference(final_logits, lens_logits) / torch.log(torch.tensor(2.0)), *kl_example, hint="bits")
-    assert_never_passes(nb05.check_kl_final_to_lens, lambda final_logits, lens_logits: kl_reference(final_logits, lens_logits) / final_logits.shape[-1], *kl_example, hint="averaged over the vocabulary")
-    assert_never_passes(nb05.check_kl_final_to_lens, lambda final_logits, lens_logits: kl_reference(final_logits, lens_logits).mean(), *kl_example, hint="shape")
-
-
-def test_kl_matches_the_package(kl_example):
-    final, early = kl_example
-    assert torch.allclose(kl_reference(final, early).mean(), lens._kl_from_final(early[None].reshape(1, -1, final.shape[-1]), final.reshape(-1, final.shape[-1]))[0])
-
-
-# the checks that run a model (05.1, 05.3): every fresh case separates every mistake
-
-from mi_course.checks.core import separates  # noqa: E402
-
-
-@pytest.mark.parametrize(
-    "draw, reference, mistakes",
-    [
-        (lambda seed: nb05._lens_case(seed, 0), nb05._lens_reference, nb05._LENS_MISTAKES),
-        (lambda seed: nb05._lens_case(seed, 1), nb05._lens_reference, nb05._LENS_MISTAKES),
-        (nb05._head_logits_case, nb05._head_logits_reference, nb05._HEAD_LOGITS_MISTAKES),
-    ],
-    ids=["05.1-layer0", "05.1-layer1", "05.3"],
-)
-def test_fresh_cases_separate_every_mistake(draw, reference, mistakes):
+def test_fresh_cases_separate_every_mistake():
     for seed in range(3):
-        case = nb05.separating_case(draw, reference, mistakes.values(), seed)
-        assert separates(case, reference, mistakes.values())
+        case = nb05.separating_case(nb05.random_case, nb05._stack_reference, nb05._STACK_MISTAKES.values(), seed)
+        assert separates(case, nb05._stack_reference, nb05._STACK_MISTAKES.values())
+
+
+# 05.2 to 05.4 run on toy-lm
+
+
+@pytest.fixture(scope="module")
+def toy():
+    model = load_model("toy-lm")
+    tasks = {name: make_task(name, model, n=64, seed=0) for name in ("ioi", "greater_than", "sva")}
+    return model, tasks, lens.layer_labels(model)
+
+
+def test_top1_prediction(toy, capsys):
+    model, tasks, labels = toy
+    right = {"ioi": "after L1", "greater_than": "after L3", "sva": "after L3"}
+    nb05.check_top1_prediction(right, *toy)
+    nb05.check_top1_prediction({"ioi": "after L2", "greater_than": "after L3", "sva": "after L3"}, *toy)  # within one entry, in order
+    assert capsys.readouterr().out.count("✓ Exercise 05.2 passed") == 2
+    fails_with(nb05.check_top1_prediction, {"ioi": "after L2", "greater_than": "after L2", "sva": "after L2"}, *toy, hint="order is off")
+    fails_with(nb05.check_top1_prediction, {"ioi": "after L3", "greater_than": "after L0", "sva": "after L3"}, *toy, hint="ioi settles earlier, greater_than settles later")
+    fails_with(nb05.check_top1_prediction, {"ioi": "after L1"}, *toy, hint="one entry label per task")
+    fails_with(nb05.check_top1_prediction, {**right, "ioi": 1}, *toy, hint="each value is one of the labels")
+    fails_with(nb05.check_top1_prediction, None, *toy, hint="no prediction yet")
+    nb05.check_top1_prediction(None, *toy, graded=False)
+    assert "not graded" in capsys.readouterr().out
+
+
+def control_reference(tokens, io, s, names, seed):
+    return lens.name_control(tokens, io, s, names, seed)
+
+
+def control_other(tokens, io, s, names, seed):
+    """A different correct design: a seeded shift through the name list instead of a permutation."""
+    gen = torch.Generator().manual_seed(seed)
+    out = tokens.clone()
+    for row in range(tokens.shape[0]):
+        others = [int(n) for n in names if n != io[row] and n != s[row]]
+        k = int(torch.randint(0, len(others), (1,), generator=gen))
+        out[row][tokens[row] == io[row]] = others[k]
+        out[row][tokens[row] == s[row]] = others[(k + 1) % len(others)]
+    return out
+
+
+def test_control_prompts(toy):
+    model, tasks, _ = toy
+    ioi = tasks["ioi"]
+    nb05.check_control_prompts(control_reference, model, ioi)
+    nb05.check_control_prompts(control_other, model, ioi)
+
+    def io_only(tokens, io, s, names, seed):  # the subject is left in the context
+        out = tokens.clone()
+        for row in range(len(tokens)):
+            out[row][tokens[row] == io[row]] = names[(names != io[row]) & (names != s[row])][0]
+        return out
+
+    def swap(tokens, io, s, names, seed):  # the two names swapped: both still in the context
+        out = tokens.clone()
+        for row in range(len(tokens)):
+            out[row][tokens[row] == io[row]], out[row][tokens[row] == s[row]] = s[row], io[row]
+        return out
+
+    def new_last_token(tokens, io, s, names, seed):
+        out = control_reference(tokens, io, s, names, seed)
+        out[:, -1] = names[0]
+        return out
+
+    def abc(tokens, io, s, names, seed):  # three names: the repeated subject is no longer repeated
+        out = control_reference(tokens, io, s, names, seed)
+        for row in range(len(tokens)):
+            where = (tokens[row] == s[row]).nonzero()[-1]
+            out[row, where] = [n for n in names if n not in out[row] and n != io[row] and n != s[row]][0]
+        return out
+
+    def unseeded(tokens, io, s, names, seed):
+        return control_reference(tokens, io, s, names, int(torch.randint(0, 10**6, (1,))))
+
+    fails_with(nb05.check_control_prompts, io_only, model, ioi, hint="still contains a name")
+    fails_with(nb05.check_control_prompts, swap, model, ioi, hint="still contains a name")
+    fails_with(nb05.check_control_prompts, new_last_token, model, ioi, hint="changes tokens other than the two names")
+    fails_with(nb05.check_control_prompts, abc, model, ioi, hint="repeated name stays repeated")
+    fails_with(nb05.check_control_prompts, unseeded, model, ioi, hint="same seed")
+    fails_with(nb05.check_control_prompts, lambda tokens, io, s, names, seed: tokens[:, :-1], model, ioi, hint="the same length")
+
+
+def test_choices(capsys):
+    nb05.check_lens_reading("B")
+    nb05.check_path_prediction("B")
+    assert "✓ Exercise 05.3 passed" in capsys.readouterr().out
+    for wrong in "ACD":
+        fails_with(nb05.check_lens_reading, wrong, hint=" ")
+        fails_with(nb05.check_path_prediction, wrong, hint=" ")
+    fails_with(nb05.check_lens_reading, "E", hint="unknown option")
+    fails_with(nb05.check_path_prediction, None, hint="no answer yet")
+
+
+# ---------------------------------------------------------------- wrong answers over many draws
+
+
+@pytest.mark.parametrize("wrong, hint", [(lambda model, tokens: stack_reference(model, tokens)[:-1], "the stack has"), (lambda model, tokens: _decode_each(model, tokens, lambda m, c, r: m.ln_final(r) @ m.W_U), "unembedding bias")])
+def test_wrong_lens_passes_in_no_draw(example, wrong, hint):
+    assert_never_passes(nb05.check_logit_lens_stack, wrong, example["model"], example["tokens"], hint=hint, draws=10)

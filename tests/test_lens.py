@@ -259,3 +259,23 @@ def test_training_works_with_gradients_switched_off(model):
     with torch.no_grad():
         _, losses = train_tuned_lens(model, train, steps=30, lr=3e-3, progress=False)
     assert losses[-1] < losses[0]
+
+
+def test_name_control_replaces_both_names_and_nothing_else():
+    from mi_course.lens import name_control
+
+    tokens = torch.tensor([[1, 5, 2, 7, 3, 7, 4, 0], [1, 8, 2, 9, 3, 9, 4, 0]])
+    io, s, names = torch.tensor([5, 8]), torch.tensor([7, 9]), torch.tensor([5, 7, 8, 9, 10, 11, 12])
+    out = name_control(tokens, io, s, names, seed=0)
+    assert out.shape == tokens.shape
+    names_at = (tokens == io[:, None]) | (tokens == s[:, None])
+    assert torch.equal(out[~names_at], tokens[~names_at]), "only the names change"
+    for row in range(2):
+        new = out[row][names_at[row]]
+        assert not set(new.tolist()) & {int(io[row]), int(s[row])} and set(new.tolist()) <= set(names.tolist())
+        assert len(set(out[row][tokens[row] == s[row]].tolist())) == 1, "the repeated subject stays repeated"
+        assert int(out[row][tokens[row] == io[row]][0]) != int(out[row][tokens[row] == s[row]][0])
+    assert torch.equal(out, name_control(tokens, io, s, names, seed=0))
+    assert len({tuple(name_control(tokens, io, s, names, seed=k).flatten().tolist()) for k in range(10)}) > 1
+    with pytest.raises(ValueError, match="two names"):
+        name_control(tokens, io, s, torch.tensor([5, 7, 10]), seed=0)

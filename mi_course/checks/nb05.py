@@ -1,55 +1,55 @@
 """Checks of notebook 05 (the logit lens and the tuned lens).
 
-Each check runs the learner's function on the notebook's example and on fresh random inputs:
-a fresh tiny model whose every parameter is random (the final layer norm's weight and bias
-and the unembedding bias included, nothing folded), so that forgetting any of them changes
-the answer, or random logits with many ties.
+The lens is checked on the notebook's example and on a fresh tiny model whose every parameter
+is random (the final layer norm's weight and bias and the unembedding bias included, nothing
+folded), so that forgetting any of them changes the answer. The prediction is graded against
+the experiment, run inside the check; the control design by the properties that make it a
+control, on the notebook's prompts and on fresh ones; the interpretations against sealed answers.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
-from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import ActivationCache, HookedTransformer
+from transformer_lens import HookedTransformer
 
-from mi_course import lens, residual
-from mi_course.checks.core import fresh_seed, separating_case
+from mi_course import lens
+from mi_course.checks.core import CheckFailed, check_choice, check_seeded, fresh_seed, passed, separating_case
 from mi_course.checks.nb01 import _check, random_model
+from mi_course.tasks import make_task
 
-__all__ = ["check_answer_rank", "check_head_logits", "check_kl_final_to_lens", "check_logit_lens_layer", "random_case"]
+__all__ = [
+    "LENS_OPTIONS",
+    "PATH_OPTIONS",
+    "check_control_prompts",
+    "check_lens_reading",
+    "check_logit_lens_stack",
+    "check_path_prediction",
+    "check_top1_prediction",
+    "random_case",
+]
 
 # The course's own implementation of each exercise: exercise code that calls one is flagged in the
 # gradebook for the instructor to review (the grader reads this literal without importing the module).
 REFERENCES: dict[str, tuple[str, ...]] = {
-    "05.1": ("mi_course.lens.decode", "mi_course.lens.logit_lens"),
-    "05.2": ("mi_course.lens.answer_rank",),
-    "05.3": ("mi_course.lens.component_logits",),
-    "05.4": ("mi_course.lens.kl_to_final", "mi_course.lens.kl_per_layer"),
+    "05.1": ("mi_course.lens.decode", "mi_course.lens.logit_lens", "mi_course.lens.residual_stack"),
+    "05.4": ("mi_course.lens.name_control",),
 }
 
 
 def random_case(seed: int) -> dict:
-    """A random unfolded 2-layer model (LN weights and b_U random), its cache on random tokens, and a generator."""
+    """A random unfolded 2-layer model (LN weights and b_U random) and random tokens."""
     model = random_model(seed, fold=False)
     gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, model.cfg.d_vocab, (3, 8), generator=gen)
-    _, cache = model.run_with_cache(tokens)
-    return dict(model=model, cache=cache, gen=gen)
-
-
-def _resid(model: HookedTransformer, cache: ActivationCache, layer: int) -> Tensor:
-    return cache[lens.resid_hook_names(model)[layer]]
+    return dict(model=model, tokens=torch.randint(0, model.cfg.d_vocab, (3, 8), generator=gen))
 
 
 # 05.1 ---------------------------------------------------------------------------------
 
 
-def _lens_layer(model, cache, layer, *, ln="fresh", weights=True, bias=True, post=False):
-    resid = cache[f"blocks.{layer}.hook_resid_post"] if post else _resid(model, cache, layer)
+def _lens_resid(model, cache, resid, *, ln="fresh", weights=True, bias=True):
     if ln == "fresh":
         centred = resid - resid.mean(-1, keepdim=True)
         normed = centred / (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
@@ -62,184 +62,175 @@ def _lens_layer(model, cache, layer, *, ln="fresh", weights=True, bias=True, pos
     return normed @ model.W_U + (model.b_U if bias else 0)
 
 
-def _lens_reference(model, cache, layer):
-    return lens.decode(model, _resid(model, cache, layer))
+def _stack(model, tokens, *, entries="all", **how):
+    _, cache = model.run_with_cache(tokens)
+    n = model.cfg.n_layers
+    names = {
+        "all": lens.resid_hook_names(model),
+        "pre": [f"blocks.{layer}.hook_resid_pre" for layer in range(n)],
+        "post": [f"blocks.{layer}.hook_resid_post" for layer in range(n)],
+    }[entries]
+    return torch.stack([_lens_resid(model, cache, cache[name], **how) for name in names])
 
 
-_LENS_MISTAKES = {
-    "you forgot the final layer norm: apply model.ln_final to the residual before the unembedding.": lambda **c: _lens_layer(**c, ln="none"),
+def _stack_reference(model, tokens):
+    return lens.logit_lens(model, tokens)
+
+
+_STACK_MISTAKES = {
+    "you forgot the final layer norm: apply model.ln_final to each residual stream before the unembedding.": lambda **c: _stack(**c, ln="none"),
     "you used the final layer norm's scale from the cache (ln_final.hook_scale): that is the scale of the *final* residual. "
-    "The logit lens recomputes the norm for the residual it reads (call model.ln_final on it).": lambda **c: _lens_layer(**c, ln="cached"),
-    "you forgot the unembedding bias: add model.b_U after multiplying by W_U.": lambda **c: _lens_layer(**c, bias=False),
-    "you normalised but left out the layer norm's weight and bias (model.ln_final.w, .b); calling model.ln_final does it all.": lambda **c: _lens_layer(**c, weights=False),
-    "off by one layer: layer l reads blocks.{l}.hook_resid_pre, the stream before the layer, not its hook_resid_post.": lambda **c: _lens_layer(**c, post=True),
+    "The logit lens recomputes the norm for each residual it reads (call model.ln_final on it).": lambda **c: _stack(**c, ln="cached"),
+    "you forgot the unembedding bias: add model.b_U after multiplying by W_U.": lambda **c: _stack(**c, bias=False),
+    "you normalised but left out the layer norm's weight and bias (model.ln_final.w, .b); calling model.ln_final does it all.": lambda **c: _stack(**c, weights=False),
 }
 
 
-def _lens_case(seed: int, layer: int) -> dict:
-    task = random_case(seed)
-    task.pop("gen")
-    return dict(task, layer=layer)
+def check_logit_lens_stack(learner: Callable, model: HookedTransformer, tokens: Tensor) -> None:
+    """``logit_lens_stack(model, tokens)``: every entry of the residual stack decoded, ``[n_layers + 1, batch, pos, d_vocab]``."""
+    cases = [dict(model=model, tokens=tokens)]
+    cases.append(separating_case(random_case, _stack_reference, _STACK_MISTAKES.values(), fresh_seed()))
 
+    def shape_hint(got, expected, case):
+        n = case["model"].cfg.n_layers
+        if len(got) == len(expected) and got[0] == n and got[1:] == expected[1:]:
+            return (f"you decoded {n} residual streams; the stack has {n + 1}: the embeddings (what layer 0 reads), then the stream "
+                    "after every layer, the last of which is the final one (it must give back the model's logits).")
+        if got == expected[1:]:
+            return "you decoded one residual stream: stack every entry, from the embeddings to the final stream, along a new first dimension."
+        return None
 
-def check_logit_lens_layer(learner: Callable, model: HookedTransformer, cache: ActivationCache) -> None:
-    """``logit_lens_layer(model, cache, layer)``: the residual that layer ``layer`` reads, decoded."""
-    cases = [dict(model=model, cache=cache, layer=1)]
-    for layer in (0, 1):  # every layer, so that a fixed one does not pass
-        cases.append(separating_case(lambda s, layer=layer: _lens_case(s, layer), _lens_reference, _LENS_MISTAKES.values(), fresh_seed()))
     _check(
         "05.1",
-        learner,
-        _lens_reference,
+        lambda **case: learner(**case),
+        _stack_reference,
         cases,
-        mistakes=_LENS_MISTAKES,
-        hint="decode cache['resid_pre', layer] with model.ln_final, then W_U and b_U: [batch, pos, d_vocab].",
+        mistakes=_STACK_MISTAKES,
+        hint="decode each residual stream (every layer's input, then the final output) with model.ln_final, then W_U and b_U.",
         success="your logit lens matches",
+        shape_hint=shape_hint,
     )
 
 
 # 05.2 ---------------------------------------------------------------------------------
 
 
-def _rank(logits, answers, *, how):
-    answer_logit = logits.gather(-1, answers.unsqueeze(-1))
-    if how == "zero":
-        return (logits > answer_logit).sum(-1)
-    if how == "ties":
-        return (logits >= answer_logit).sum(-1) + 1
-    if how == "ties_against":
-        return (logits >= answer_logit).sum(-1)
-    return (logits < answer_logit).sum(-1) + 1
+def first_top1(model: HookedTransformer, tasks: Mapping) -> dict[str, int]:
+    """Per task, the first entry of the residual stack where the median rank of the model's own answer is 1."""
+    first = {}
+    for name, task in tasks.items():
+        logits = lens.logit_lens(model, task.clean_tokens, pos=-1)  # [entry, batch, d_vocab]
+        predicted = logits[-1].argmax(-1)
+        ranks = lens.answer_rank(logits, predicted.expand(logits.shape[0], -1)).float().median(-1).values
+        first[name] = int((ranks == 1).nonzero()[0])
+    return first
 
 
-def check_answer_rank(learner: Callable, logits: Float[Tensor, "... d_vocab"], answers: Int[Tensor, "..."]) -> None:
-    """``answer_rank(logits, answers)``: 1 + the number of tokens with a strictly larger logit."""
-    gen = torch.Generator().manual_seed(fresh_seed())
-    shape = (int(torch.randint(2, 5, (1,), generator=gen)), int(torch.randint(3, 7, (1,), generator=gen)))
-    tied = torch.randint(0, 6, (*shape, 40), generator=gen).float()  # small integers: many ties
-    cases = [
-        dict(logits=logits, answers=answers),
-        dict(logits=tied, answers=torch.randint(0, 40, shape, generator=gen)),
-        dict(logits=torch.randn(*shape, 40, generator=gen), answers=torch.randint(0, 40, shape, generator=gen)),
-    ]
-    _check(
-        "05.2",
-        learner,
-        lens.answer_rank,
-        cases,
-        mistakes={
-            "off by one: the top token has rank 1, so add 1 to the number of tokens with a larger logit.": lambda **c: _rank(**c, how="zero"),
-            "ties: you counted the tokens with a logit >= the answer's (the answer itself and tokens tied with it) and then added 1. Count only strictly larger logits, then add 1.": lambda **c: _rank(**c, how="ties"),
-            "ties: counting `>=` includes the answer itself and tokens tied with it; count strictly larger logits, then add 1.": lambda **c: _rank(**c, how="ties_against"),
-            "you ranked from the bottom: rank 1 is the *largest* logit, so count the tokens with a larger logit, not a smaller one.": lambda **c: _rank(**c, how="bottom"),
-        },
-        hint="rank = 1 + (number of tokens whose logit is strictly larger than the answer's), one integer per distribution.",
-        success="your ranks match, ties included",
-    )
-
-
-# 05.3 ---------------------------------------------------------------------------------
-
-
-def _head_logits(model, cache, layer, head, *, scale="cached", centre=True, weight=True, b_U=False, b_O=False):
-    out = residual.head_outputs(model, cache, layer)[:, -1, head]
-    if b_O:
-        out = out + model.b_O[layer]
-    if scale == "own":
-        out = model.ln_final(out)
-        weight = False
-    else:
-        if centre:
-            out = out - out.mean(-1, keepdim=True)
-        if scale == "cached":
-            out = out / cache["ln_final.hook_scale"][:, -1]
-    if weight:
-        out = out * model.ln_final.w
-    return out @ model.W_U + (model.b_U if b_U else 0)
-
-
-def _head_logits_reference(model, cache, layer, head):
-    return lens.component_logits(model, cache, residual.head_outputs(model, cache, layer)[:, -1, head])
-
-
-_HEAD_LOGITS_MISTAKES = {
-    "you applied model.ln_final to the head's output on its own: its scale would come from the head alone. "
-    "Divide by the final residual's scale from the cache (ln_final.hook_scale) instead.": lambda **c: _head_logits(**c, scale="own"),
-    "you forgot the final layer norm's scale: divide the centred output by cache['ln_final.hook_scale'][:, -1].": lambda **c: _head_logits(**c, scale="none"),
-    "you added the unembedding bias b_U: it belongs to no component, so a component's direct logits leave it out.": lambda **c: _head_logits(**c, b_U=True),
-    "you added b_O: that bias belongs to the whole attention layer, not to one head.": lambda **c: _head_logits(**c, b_O=True),
-    "you forgot to centre the head's output (subtract its mean over d_model): the layer norm centres everything it reads.": lambda **c: _head_logits(**c, centre=False),
-    "you left out the final layer norm's weight: multiply by model.ln_final.w before W_U.": lambda **c: _head_logits(**c, weight=False),
-}
-
-
-def _head_logits_case(seed: int) -> dict:
-    task = random_case(seed)
-    gen = task.pop("gen")
-    layer = int(torch.randint(0, task["model"].cfg.n_layers, (1,), generator=gen))
-    head = int(torch.randint(0, task["model"].cfg.n_heads, (1,), generator=gen))
-    return dict(task, layer=layer, head=head)
-
-
-def check_head_logits(learner: Callable, model: HookedTransformer, cache: ActivationCache, layer: int, head: int) -> None:
-    """``head_logits(model, cache, layer, head)``: one head's output at the last position, decoded with the frozen final scale."""
-    cases = [
-        dict(model=model, cache=cache, layer=layer, head=head),
-        separating_case(_head_logits_case, _head_logits_reference, _HEAD_LOGITS_MISTAKES.values(), fresh_seed()),
-    ]
-    _check(
-        "05.3",
-        learner,
-        _head_logits_reference,
-        cases,
-        mistakes=_HEAD_LOGITS_MISTAKES,
-        hint="head output z[:, -1, head] @ W_O[layer, head], centred, / frozen final scale, * ln_final.w, @ W_U (no biases): [batch, d_vocab].",
-        success="your head's direct logits match",
-    )
+def check_top1_prediction(prediction, model: HookedTransformer, tasks: Mapping, labels: list[str], *, graded: bool = True) -> None:
+    """A prediction ``{task: entry label}``: where each task's answer first has median rank 1, graded against the lens run."""
+    exercise = "05.2"
+    truth = first_top1(model, tasks)
+    if not graded:
+        print(f"Exercise {exercise} is a prediction about toy-lm, not graded on this model; here: "
+              + ", ".join(f"{name} {labels[i]}" for name, i in truth.items()) + ".")
+        return
+    if prediction is None or prediction is Ellipsis:
+        raise CheckFailed(exercise, "no prediction yet: fill in the exercise cell above.")
+    if not isinstance(prediction, dict) or set(prediction) != set(tasks):
+        raise CheckFailed(exercise, f"give a dict with one entry label per task, for the keys {sorted(tasks)}.")
+    bad = [v for v in prediction.values() if v not in labels]
+    if bad:
+        raise CheckFailed(exercise, f"each value is one of the labels {labels}, not {bad[0]!r}.")
+    guess = {name: labels.index(v) for name, v in prediction.items()}
+    off = [f"{name} settles {'later' if truth[name] > guess[name] else 'earlier'}" for name in tasks if abs(guess[name] - truth[name]) > 1]
+    if off:
+        raise CheckFailed(exercise, "more than one entry off: " + ", ".join(off) + " than you predicted. Which tasks need only the context's tokens, "
+                          "and which need a comparison or a number agreement?")
+    order = [(a, b) for a in tasks for b in tasks if truth[a] < truth[b] and not guess[a] < guess[b]]
+    if order:
+        a, b = order[0]
+        raise CheckFailed(exercise, f"close, but the order is off: {a} settles strictly before {b}.")
+    passed(exercise, "within one entry for every task, in the right order: " + ", ".join(f"{name} {labels[i]}" for name, i in truth.items()))
 
 
 # 05.4 ---------------------------------------------------------------------------------
 
 
-def _kl(final_logits, lens_logits, *, how):
-    logp, logq = final_logits.log_softmax(-1), lens_logits.log_softmax(-1)
-    p, q = logp.exp(), logq.exp()
-    if how == "swapped":
-        return (q * (logq - logp)).sum(-1)
-    if how == "probs":
-        return (p * (p - q)).sum(-1)
-    if how == "logits":
-        return (p * (final_logits - lens_logits)).sum(-1)
-    if how == "bits":
-        return (p * (logp - logq)).sum(-1) / math.log(2)
-    return (p * (logp - logq)).mean(-1)
+def _names_of(task) -> Tensor:
+    return torch.unique(torch.cat([task.answers[:, 0], task.wrong_answers[:, 0]]))
 
 
-def check_kl_final_to_lens(learner: Callable, final_logits: Float[Tensor, "... d_vocab"], lens_logits: Float[Tensor, "... d_vocab"]) -> None:
-    """``kl_final_to_lens(final_logits, lens_logits)``: KL(final || lens) in nats, one value per distribution."""
-    gen = torch.Generator().manual_seed(fresh_seed())
-    shape = (int(torch.randint(2, 5, (1,), generator=gen)), int(torch.randint(3, 7, (1,), generator=gen)), 30)
-    cases = [
-        dict(final_logits=final_logits, lens_logits=lens_logits),
-        dict(final_logits=2 * torch.randn(shape, generator=gen), lens_logits=2 * torch.randn(shape, generator=gen) + 1),
-    ]
+def check_control_prompts(learner: Callable, model: HookedTransformer, task) -> None:
+    """``control_prompts(tokens, io, s, names, seed)``: IOI prompts for a lens control, checked by the properties of a control."""
+    exercise = "05.4"
+    fresh = make_task("ioi", model, n=12, seed=fresh_seed() % 10_000)
+    cases = []
+    for t in (task, fresh):
+        cases.append(dict(tokens=t.clean_tokens, io=t.answers[:, 0], s=t.wrong_answers[:, 0], names=_names_of(task)))
+    for case in cases:
+        got = check_seeded(exercise, learner, seed=fresh_seed(), **case)
+        tokens, io, s, names = case["tokens"], case["io"], case["s"], case["names"]
+        try:
+            got = torch.as_tensor(got)
+        except Exception:
+            raise CheckFailed(exercise, f"return the control prompts as a tensor of token ids, not {type(got).__name__}.") from None
+        if got.shape != tokens.shape or got.dtype.is_floating_point:
+            raise CheckFailed(exercise, f"return token ids of the prompts' shape {tuple(tokens.shape)}: one control prompt per clean prompt, the same length.")
+        at_names = (tokens == io[:, None]) | (tokens == s[:, None])
+        if not torch.equal(got[~at_names], tokens[~at_names]):
+            raise CheckFailed(exercise, "your control changes tokens other than the two names: keep the template and the last token, so that "
+                              "everything the lens reads apart from the names is the same as in the clean prompts.")
+        if ((got == io[:, None]) | (got == s[:, None])).any():
+            raise CheckFailed(exercise, "your control still contains a name of its clean prompt: the lens could then read the answer from the context.")
+        if not torch.isin(got[at_names], names).all():
+            raise CheckFailed(exercise, "replace the names by other names (from names), so that each control prompt is a sentence of the same kind.")
+        for row in range(tokens.shape[0]):
+            new_io, new_s = got[row][tokens[row] == io[row]], got[row][tokens[row] == s[row]]
+            if len(set(new_io.tolist())) != 1 or len(set(new_s.tolist())) != 1 or int(new_io[0]) == int(new_s[0]):
+                raise CheckFailed(exercise, "keep the prompt's structure: the repeated name stays repeated (one new name at all of its places), "
+                                  "and the two new names differ, so that only the identity of the names changes.")
+    passed(exercise, "only the two names change, consistently, and neither clean name is left in the context")
 
-    def reference(final_logits, lens_logits):
-        logp = final_logits.log_softmax(-1)
-        return (logp.exp() * (logp - lens_logits.log_softmax(-1))).sum(-1)
 
-    _check(
-        "05.4",
-        learner,
-        reference,
-        cases,
-        mistakes={
-            "the arguments are swapped: you computed KL(lens || final). Weight by the *final* distribution: sum p_final (log p_final - log p_lens).": lambda **c: _kl(**c, how="swapped"),
-            "you subtracted probabilities, not log-probabilities: use log_softmax for the log terms.": lambda **c: _kl(**c, how="probs"),
-            "you subtracted raw logits: logits are log-probabilities only up to a constant per distribution; use log_softmax.": lambda **c: _kl(**c, how="logits"),
-            "your KL is in bits (log base 2); use natural logarithms (nats), as log_softmax gives them.": lambda **c: _kl(**c, how="bits"),
-            "you averaged over the vocabulary; KL *sums* over tokens (then average over positions only when asked).": lambda **c: _kl(**c, how="mean"),
+# 05.3 and 05.5 -------------------------------------------------------------------------
+
+LENS_OPTIONS = {
+    "A": "toy-lm decides greater-than only in its last layer; the earlier layers do nothing for the task.",
+    "B": "after layer 1 the stream already favours the years above YY as a set, while the single most likely year is not settled; when the model decides, and which layers do the work, the lens cannot say.",
+    "C": "layers 2 and 3 are not needed for greater-than, since most of the probability difference is in place after layer 1.",
+    "D": "the logit lens is unreliable before the last layer, so these curves carry no information.",
+}
+_LENS_SEALED = ('738a94a6effac8ea', '850a0df0e0cb4a91386e0f08fd6c52c4', 'l1du7PZW2U8HeJvwlQji5ygtsWnKLLrh/LuJcV7g3ou4NNP6hRVZJEY4Ei3wWgRC3mcmisXHmuSdQ4B0oRzl9VgqG1Id0MrUe+YVOMvNle1DqPK0zMpiaLEc4cX+4EvFM5D+TwpuuQ3aaSMxMKD7ZA6BOFtORj22LGYR/0Hl9ZgFXXBgqjhvUP1qCh6Q6LftytjvcaX/3GxpymoryMZotQhJFb1iInDaROAcaJe4wAmZnPf65OjpvfjFrh3ymodC+7lH9n8cdnIpjATr2yAQg+ze5R9UeKfuTNJXOR3N81/fVmEbvFK/R19MF8yYtM8BXgYBQJNZ3L6W1zLUDry5YEAa9xirYX3qL3MX7jXpKR4uqt1N13BOk6X1vRoz2fPL3ssrHyQGDVZb09TTEg==')
+
+
+def check_lens_reading(answer) -> str:
+    """What the greater-than lens curves show, among ``LENS_OPTIONS``."""
+    return check_choice(
+        "05.3", answer, LENS_OPTIONS, _LENS_SEALED,
+        hints={
+            "A": "the task metric is three quarters of the way after layer 1: would a model that does nothing before its last layer show that?",
+            "C": "a readout says what is decodable, not what is needed: what experiment would show that layers 2 and 3 are not needed?",
+            "D": "the last entry is exact, and the curves change smoothly and consistently across prompts: unreliable for what question?",
         },
-        hint="KL(final || lens) = sum over the vocabulary of p_final * (log p_final - log p_lens), one value per distribution (shape = logits.shape[:-1]).",
-        success="your KL divergence matches",
+    )
+
+
+PATH_OPTIONS = {
+    "A": "The probability difference barely changes: the head acts directly on the logits or through later heads.",
+    "B": "The probability difference drops about as much as with the full ablation, and the MLPs' edge at YY weakens.",
+    "C": "The probability difference drops, and the MLPs stop favouring later years at all: their overall above-minus-below score collapses.",
+    "D": "The probability difference rises: the MLPs work better without the head.",
+}
+_PATH_SEALED = ('c2debb0bb32c88bf', '3e941acc81c3b870bd82917b1b3f1489', '/RQxElv/UUagWBluxSQxIfzuYB6YrRhN40/j3gVqArQHlnOeYImiMjL1fjGONYJCWU0UHlRSdnxsq6G3IZhlUfq3AYMflUdURT6jD4sclgJY+H98X5ABqcZRcf2gpq0VHNy6EfQusoCB98C2UeWmD3NHj9iB/YqY0z/7rG2E4XyFRtbBBLwnuE0/to/kNccAMHnFpcS6abpgxv7e9h5kTh7DuQ6varFrH0+obIMm8pQ1kxoRCORe9DTC/sHnunK1HrzesmL/J121HUvL7D9MguHCUQR1smjE1iWwsEMKV3ugDFY/QkagIBuAH1mXDGQOuuxQasNQnK2EI8qrYdwfmPYvzUGURxVHpCkQ5FodngmB0NLIKx7HA9Vkh3zoA1Q=')
+
+
+def check_path_prediction(answer) -> str:
+    """A prediction about toy-lm, among ``PATH_OPTIONS``: what ablating the YY head only in the MLPs' inputs does."""
+    return check_choice(
+        "05.5", answer, PATH_OPTIONS, _PATH_SEALED,
+        hints={
+            "A": "the head's own output writes nothing year-like (its direct score is near zero): where else could its effect go?",
+            "C": "the head reads YY: would the MLPs lose their preference for later years in general, or only the knowledge of where YY is?",
+            "D": "the full ablation lowered the metric: why would removing the same information from only some readers raise it?",
+        },
     )
