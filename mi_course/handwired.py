@@ -41,7 +41,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mi_course.circuits import Circuit, Edge
 
-__all__ = ["LETTERS", "backup_truth", "build_backup", "build_handwired", "correct_logit", "ground_truth", "repeated_letters", "unrelated_letters"]
+__all__ = ["LETTERS", "backup_truth", "build_backup", "build_handwired", "correct_logit", "ground_truth", "letter_model", "repeated_letters", "unrelated_letters"]
 
 LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 D_VOCAB = 1 + len(LETTERS)  # <bos> + letters
@@ -63,24 +63,30 @@ def _one_hot_map(n: int, scale: float = 1.0) -> torch.Tensor:
     return scale * torch.eye(n)
 
 
-def build_handwired() -> HookedTransformer:
-    """The hand-wired induction model (eval mode, with its letter tokenizer)."""
+def letter_model(name: str, n_layers: int, n_heads: int, d_model: int, d_head: int, n_ctx: int) -> HookedTransformer:
+    """An empty attention-only model over ``<bos>`` and the letters, without layer norm (so that
+    hand-set weights mean exactly what they say), with the letter tokenizer."""
     from mi_course.models import word_level_tokenizer
 
     cfg = HookedTransformerConfig(
-        model_name="handwired-induction",
-        n_layers=2,
-        n_heads=2,
-        d_model=D_MODEL,
-        d_head=D_HEAD,
-        n_ctx=N_CTX,
+        model_name=name,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_model=d_model,
+        d_head=d_head,
+        n_ctx=n_ctx,
         d_vocab=D_VOCAB,
         attn_only=True,
         normalization_type=None,
         positional_embedding_type="standard",
         default_prepend_bos=True,
     )
-    model = HookedTransformer(cfg, tokenizer=word_level_tokenizer(LETTERS, bos_token="<bos>"))
+    return HookedTransformer(cfg, tokenizer=word_level_tokenizer(LETTERS, bos_token="<bos>"))
+
+
+def build_handwired() -> HookedTransformer:
+    """The hand-wired induction model (eval mode, with its letter tokenizer)."""
+    model = letter_model("handwired-induction", 2, 2, D_MODEL, D_HEAD, N_CTX)
     # Queries are multiplied by sqrt(d_head) to undo the attention scaling: scores are exactly
     # ATTN_SCORE where we want attention and 0 elsewhere.
     q_scale = ATTN_SCORE * D_HEAD**0.5

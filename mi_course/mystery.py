@@ -37,9 +37,10 @@ from pathlib import Path
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 
 from mi_course.circuits import Circuit, Edge
+from mi_course.handwired import LETTERS, letter_model
 
 __all__ = [
     "LETTERS",
@@ -65,7 +66,6 @@ __all__ = [
 ]
 
 ROLES = ("previous-token", "induction", "backup", "decoy", "idle")
-LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 N_LAYERS, N_HEADS = 3, 4
 D_VOCAB = 1 + len(LETTERS)  # <bos> + letters
 N_CTX = 32
@@ -186,23 +186,8 @@ def truth(key: bytes) -> Truth:
 
 def build(key: bytes) -> HookedTransformer:
     """The mystery model of ``key`` (eval mode, with its letter tokenizer). Deterministic."""
-    from mi_course.models import word_level_tokenizer
-
     lay = layout(key)
-    cfg = HookedTransformerConfig(
-        model_name="mystery",
-        n_layers=N_LAYERS,
-        n_heads=N_HEADS,
-        d_model=D_MODEL,
-        d_head=D_HEAD,
-        n_ctx=N_CTX,
-        d_vocab=D_VOCAB,
-        attn_only=True,
-        normalization_type=None,
-        positional_embedding_type="standard",
-        default_prepend_bos=True,
-    )
-    model = HookedTransformer(cfg, tokenizer=word_level_tokenizer(LETTERS, bos_token="<bos>"))
+    model = letter_model("mystery", N_LAYERS, N_HEADS, D_MODEL, D_HEAD, N_CTX)
     q = ATTN_SCORE * D_HEAD**0.5  # undoes the 1/sqrt(d_head) of the attention scores
     eye = torch.eye
     gen = torch.Generator().manual_seed(lay.rotation_seed)
