@@ -51,6 +51,7 @@ __all__ = [
     "edit_activation",
     "evaluate_sae",
     "explained_variance",
+    "feature_dimensionality",
     "feature_recovery",
     "hook_activations",
     "l0",
@@ -525,6 +526,19 @@ def superposition_stats(W: Float[Tensor, "instance d_hidden n_features"]) -> dic
     overlaps = (unit.transpose(1, 2) @ W).pow(2)
     interference = overlaps.sum(-1) - overlaps.diagonal(dim1=1, dim2=2)
     return {"norm": norms, "interference": interference, "represented": (norms > 0.5).sum(-1)}
+
+
+def feature_dimensionality(W: Float[Tensor, "... d_hidden n_features"]) -> Float[Tensor, "... n_features"]:
+    """How many hidden dimensions each feature gets (Elhage et al. 2022): its squared norm over
+    the squared overlaps of its direction with every feature's embedding, itself included.
+
+    1 for a feature alone on its own dimension, 1/2 for each of an antipodal pair, 0 for a
+    feature that is not represented. Summed over features: the dimensions in use.
+    """
+    norms = W.norm(dim=-2)
+    unit = W / norms.clamp(min=1e-8).unsqueeze(-2)
+    overlaps = (unit.transpose(-1, -2) @ W).pow(2).sum(-1)
+    return torch.where(norms > 1e-6, norms.pow(2) / overlaps.clamp(min=1e-12), torch.zeros_like(norms))
 
 
 # Interventions on latents -------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def test_encode_decode(topk_example):
         nb07.check_encode_decode(reference, nb07.random_sae(0), topk_example[1])
 
 
-# 07.2 (prediction, graded by running the splice)
+# 07.3 (prediction, graded by running the splice)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_splice_prediction_is_graded_by_the_run(splice_case, capsys):
     model, sae, tokens, hook, delta = splice_case
     truth = nb07.splice_cost_option(delta)
     assert nb07.check_splice_prediction(truth, model, sae, tokens, hook) == pytest.approx(delta)
-    assert "07.2 passed" in capsys.readouterr().out
+    assert "07.3 passed" in capsys.readouterr().out
     for wrong in sorted(set(nb07.SPLICE_OPTIONS) - {truth}):
         with pytest.raises(CheckFailed, match="not what the run shows"):
             nb07.check_splice_prediction(wrong.lower(), model, sae, tokens, hook)
@@ -100,7 +100,7 @@ def test_splice_bands():
     assert [nb07.splice_cost_option(d) for d in (0.001, 0.05, 0.5, 3.0, -0.01)] == ["A", "B", "C", "D", "A"]
 
 
-# 07.4 (ablate one latent, error term kept)
+# 07.5 (ablate one latent, error term kept)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_ablate_latent(ablate_example):
     fails_with(nb07.check_ablate_latent, encoder_direction, *ablate_example, hint="encoder direction")
 
 
-# 07.5 (design: control latents)
+# 07.6 (design: control latents)
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_control_latents(control_example, capsys):
         return gap.argsort()[:n]
 
     nb07.check_control_latents(nearest, acts, latent, n=8)
-    assert capsys.readouterr().out.count("07.5 passed") == 2
+    assert capsys.readouterr().out.count("07.6 passed") == 2
 
     def any_live_latents(acts, latent, n):  # live, but of any size
         live = (acts > 0).any(0).nonzero().flatten()
@@ -189,7 +189,7 @@ def test_control_latents(control_example, capsys):
         nb07.check_control_latents(lambda acts, latent, n: [1, 2], acts, latent, n=8)
 
 
-# 07.3 and 07.6 (interpretations)
+# 07.4 and 07.7 (interpretations)
 
 
 def test_interpretations(capsys):
@@ -214,3 +214,56 @@ def test_splice_prediction_on_another_model_is_measured_not_graded(splice_case, 
     assert "not graded" in out and "passed" not in out
     with pytest.raises(CheckFailed):
         nb07.check_splice_prediction(None, model, sae, tokens, hook, graded=False)
+
+
+# 07.2 (feature dimensionality)
+
+
+@pytest.fixture(scope="module")
+def toy_W():
+    with torch.enable_grad():
+        W, _ = sae_lib.train_toy_superposition(n_features=20, d_hidden=5, feature_probs=(1.0, 0.03), steps=200, seed=0, progress=False)
+    return W
+
+
+def test_dimensionality(toy_W, capsys):
+    def written_out(W):
+        norms = W.norm(dim=-2, keepdim=True)
+        directions = torch.where(norms > 0, W / norms, 0.0)
+        shared = torch.einsum("...di,...dj->...ij", directions, W).square().sum(-1)
+        d = norms.squeeze(-2).square() / shared
+        return torch.nan_to_num(d, nan=0.0)
+
+    nb07.check_dimensionality(sae_lib.feature_dimensionality, toy_W)
+    nb07.check_dimensionality(written_out, toy_W)
+    assert capsys.readouterr().out.count("✓ Exercise 07.2 passed") == 2
+
+    def unnormalised(W):
+        norms = W.norm(dim=-2)
+        return torch.nan_to_num(norms.pow(2) / (W.transpose(-1, -2) @ W).pow(2).sum(-1), nan=0.0)
+
+    def without_itself(W):
+        norms = W.norm(dim=-2)
+        unit = W / norms.clamp(min=1e-8).unsqueeze(-2)
+        overlaps = (unit.transpose(-1, -2) @ W).pow(2)
+        rest = overlaps.sum(-1) - overlaps.diagonal(dim1=-2, dim2=-1)
+        return torch.where(norms > 1e-6, norms.pow(2) / rest.clamp(min=1e-12), torch.zeros_like(norms))
+
+    def nan_for_unused(W):
+        norms = W.norm(dim=-2)
+        return norms.pow(2) / ((W / norms.unsqueeze(-2)).transpose(-1, -2) @ W).pow(2).sum(-1)
+
+    def features_as_rows(W):  # the embedding read the wrong way round
+        return sae_lib.feature_dimensionality(W.transpose(-1, -2))
+
+    def just_the_norm(W):
+        return W.norm(dim=-2)
+
+    assert_never_passes(nb07.check_dimensionality, unnormalised, toy_W, hint="direction")
+    assert_never_passes(nb07.check_dimensionality, without_itself, toy_W, hint="left the feature itself out")
+    assert_never_passes(nb07.check_dimensionality, nan_for_unused, toy_W, hint="not NaN")  # the general hint says so
+    assert_never_passes(nb07.check_dimensionality, features_as_rows, toy_W)
+    assert_never_passes(nb07.check_dimensionality, just_the_norm, toy_W)
+    for bad in (None, "no", lambda W: "x", lambda W: (W, W)):
+        with pytest.raises(CheckFailed):
+            nb07.check_dimensionality(bad, toy_W)

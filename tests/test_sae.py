@@ -380,3 +380,25 @@ def test_token_identity_auc_and_heldout_scores_against_sklearn():
         binary_auc(np.ones(3), np.ones(3, dtype=bool))
     with pytest.raises(ValueError, match="need both labels"):
         best_latent_heldout(acts, np.zeros(300, dtype=bool), test_acts, test_noisy)
+
+
+def test_feature_dimensionality_counts_the_dimensions_each_feature_gets():
+    from mi_course.sae import feature_dimensionality
+
+    e = torch.eye(3)
+    # features 0 and 1 alone on their dimensions, 2 and 3 an antipodal pair, 4 not represented
+    W = torch.stack([e[0] * 2.0, e[1], e[2], -e[2], torch.zeros(3)], dim=1)
+    assert torch.allclose(feature_dimensionality(W), torch.tensor([1.0, 1.0, 0.5, 0.5, 0.0]))
+    # three features at 120 degrees in a plane share its 2 dimensions equally
+    angles = torch.tensor([0.0, 2.0944, 4.1888])
+    tri = torch.stack([angles.cos(), angles.sin()])
+    assert torch.allclose(feature_dimensionality(tri), torch.full((3,), 2 / 3), atol=1e-4)
+    # against the definition written out, on a batch of random embeddings
+    W = torch.randn(4, 5, 9, generator=torch.Generator().manual_seed(0))
+    d = feature_dimensionality(W)
+    for b in range(4):
+        for i in range(9):
+            wi = W[b, :, i]
+            want = wi.dot(wi) / sum((wi / wi.norm()).dot(W[b, :, j]) ** 2 for j in range(9))
+            assert torch.isclose(d[b, i], want, rtol=1e-4)
+    assert (d.sum(-1) <= 5 + 1e-4).all()  # never more than the space has (Cauchy-Schwarz with the features' Gram matrix)

@@ -3,8 +3,8 @@
 Each check runs the learner's answer on the notebook's example and on fresh random inputs: a
 small TopK SAE whose every parameter is random (both biases included, so forgetting either
 shows), pre-activations with fewer positive entries than k (so forgetting the ReLU shows), and
-random latent activations for the choice of control latents. The prediction of 07.2 is graded
-by running the splice it is about; the interpretations (07.3, 07.6) against sealed answers.
+random latent activations for the choice of control latents. The prediction of 07.3 is graded
+by running the splice it is about; the interpretations (07.4, 07.7) against sealed answers.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ __all__ = [
     "check_ablate_latent",
     "check_confound",
     "check_control_latents",
+    "check_dimensionality",
     "check_encode_decode",
     "check_intervention",
     "check_splice_prediction",
@@ -38,8 +39,9 @@ __all__ = [
 # gradebook for the instructor to review (the grader reads this literal without importing the module).
 REFERENCES: dict[str, tuple[str, ...]] = {
     "07.1": ("mi_course.sae.SAE.encode", "mi_course.sae.SAE.decode", "mi_course.sae.SAE.forward"),
-    "07.4": ("mi_course.sae.edit_activation", "mi_course.sae.run_with_latent_edit", "mi_course.sae.zero_latents"),
-    "07.5": ("mi_course.sae.matched_random_latents",),
+    "07.2": ("mi_course.sae.feature_dimensionality",),
+    "07.5": ("mi_course.sae.edit_activation", "mi_course.sae.run_with_latent_edit", "mi_course.sae.zero_latents"),
+    "07.6": ("mi_course.sae.matched_random_latents",),
 }
 
 
@@ -127,7 +129,69 @@ def check_encode_decode(learner: Callable, sae: sae_lib.SAE, x: Float[Tensor, "n
     )
 
 
-# 07.2 (prediction: the cost of splicing the SAE in) ------------------------------------------------------
+# 07.2 (feature dimensionality of the toy model) -----------------------------------------------------------
+
+
+def dimensionality_cases(W_example: Tensor, seed: int) -> list[dict]:
+    """The notebook's embeddings, then fresh ones: random (non-square, both signs, a batch
+    dimension), and planted layouts whose answers are known (an unused feature, an antipodal
+    pair, three features in a plane, a feature alone with a large norm)."""
+    gen = torch.Generator().manual_seed(seed)
+    d, n = 3 + int(torch.randint(0, 4, (1,), generator=gen)), 8 + int(torch.randint(0, 5, (1,), generator=gen))
+    random_W = torch.randn(2, d, n, generator=gen) * (0.2 + 2 * torch.rand(2, 1, n, generator=gen))
+    random_W[0, :, 0] = 0.0  # a feature that is not represented
+    e = torch.eye(4)
+    angles = torch.tensor([0.0, 2.0944, 4.1888])
+    planted = torch.cat([3.0 * e[:, :1], e[:, 1:2], -0.7 * e[:, 1:2], torch.stack([angles.cos(), angles.sin(), 0 * angles, 0 * angles]), 0.0 * e[:, :1]], dim=1)
+    return [dict(W=W_example), dict(W=random_W), dict(W=planted)]
+
+
+def check_dimensionality(learner: Callable, W_example: Tensor) -> None:
+    """07.2: ``feature_dimensionality(W)``, per feature, on ``[..., d_hidden, n_features]`` embeddings."""
+
+    def unnormalised(W):  # overlaps with the raw embedding, not its direction
+        norms = W.norm(dim=-2)
+        return torch.nan_to_num(norms.pow(2) / (W.transpose(-1, -2) @ W).pow(2).sum(-1), nan=0.0)
+
+    def without_itself(W):  # the feature's own overlap left out of the sum
+        norms = W.norm(dim=-2)
+        unit = W / norms.clamp(min=1e-8).unsqueeze(-2)
+        overlaps = (unit.transpose(-1, -2) @ W).pow(2)
+        rest = overlaps.sum(-1) - overlaps.diagonal(dim1=-2, dim2=-1)
+        return torch.where(norms > 1e-6, norms.pow(2) / rest.clamp(min=1e-12), torch.zeros_like(norms))
+
+    def norm_not_squared(W):
+        norms = W.norm(dim=-2)
+        unit = W / norms.clamp(min=1e-8).unsqueeze(-2)
+        overlaps = (unit.transpose(-1, -2) @ W).pow(2).sum(-1)
+        return torch.where(norms > 1e-6, norms / overlaps.clamp(min=1e-12), torch.zeros_like(norms))
+
+    def overlaps_not_squared(W):
+        norms = W.norm(dim=-2)
+        unit = W / norms.clamp(min=1e-8).unsqueeze(-2)
+        overlaps = (unit.transpose(-1, -2) @ W).abs().sum(-1)
+        return torch.where(norms > 1e-6, norms.pow(2) / overlaps.clamp(min=1e-12), torch.zeros_like(norms))
+
+    def reference(W):
+        return sae_lib.feature_dimensionality(W)
+
+    _check(
+        "07.2",
+        learner,
+        reference,
+        dimensionality_cases(W_example, fresh_seed()),
+        mistakes={
+            "the overlaps in the denominator use the raw embedding W_i: project each W_j on feature i's *direction* W_i / |W_i|.": unnormalised,
+            "you left the feature itself out of the sum: its own overlap |W_i|^2 belongs in the denominator (a feature alone on its dimension gets 1, not infinity).": without_itself,
+            "the numerator is the squared norm |W_i|^2, not the norm.": norm_not_squared,
+            "square each overlap before summing: the sum is over (W_i / |W_i| . W_j)^2.": overlaps_not_squared,
+        },
+        hint="D_i = |W_i|^2 / sum_j (W_i / |W_i| . W_j)^2 over all features j (itself included), with W_i the column of feature i; a feature with |W_i| = 0 gets 0, not NaN.",
+        success="your feature dimensionality matches (a feature alone on its dimension: 1; an antipodal pair: 1/2 each)",
+    )
+
+
+# 07.3 (prediction: the cost of splicing the SAE in) ------------------------------------------------------
 
 SPLICE_OPTIONS = {
     "A": "under 0.01 nats: an explained variance above 0.9 leaves the loss as it is",
@@ -151,9 +215,9 @@ def check_splice_prediction(prediction, model, sae, tokens, hook_name: str, *, g
     says so.
     """
     if prediction is None:
-        raise CheckFailed("07.2", "no answer yet: set prediction to one letter in the exercise cell above.", "no-answer")
+        raise CheckFailed("07.3", "no answer yet: set prediction to one letter in the exercise cell above.", "no-answer")
     if not isinstance(prediction, str) or prediction.strip().upper() not in SPLICE_OPTIONS:
-        raise CheckFailed("07.2", f"give one letter as a string, one of {sorted(SPLICE_OPTIONS)}, not {prediction!r}.")
+        raise CheckFailed("07.3", f"give one letter as a string, one of {sorted(SPLICE_OPTIONS)}, not {prediction!r}.")
     with torch.no_grad():
         ce = sae_lib.ce_loss_score(model, sae, tokens, hook_name)
     delta = ce["CE spliced"] - ce["CE clean"]
@@ -167,12 +231,12 @@ def check_splice_prediction(prediction, model, sae, tokens, hook_name: str, *, g
             "A": "explained variance is a share of the activation's variance; the model downstream can be sensitive to the part that is left.",
             "D": "an SAE that explains most of the variance keeps most of what the model needs; the CE loss score of a good SAE is close to 1.",
         }.get(got, "close, but the measured increase falls in another band; think about how much a few percent of unexplained variance costs downstream.")
-        raise CheckFailed("07.2", f"not what the run shows. {hint}")
-    passed("07.2", f"your prediction matches: the loss rises by {delta:.3f} nats ({ce['CE clean']:.3f} -> {ce['CE spliced']:.3f})")
+        raise CheckFailed("07.3", f"not what the run shows. {hint}")
+    passed("07.3", f"your prediction matches: the loss rises by {delta:.3f} nats ({ce['CE clean']:.3f} -> {ce['CE spliced']:.3f})")
     return delta
 
 
-# 07.4 (ablate one latent, error term kept) ---------------------------------------------------------------
+# 07.5 (ablate one latent, error term kept) ---------------------------------------------------------------
 
 
 def _ablate_reference(sae, x, latent):
@@ -209,7 +273,7 @@ def check_ablate_latent(learner: Callable, sae: sae_lib.SAE, x: Float[Tensor, "n
         dict(sae=fresh, x=x_fresh, latent=int(fires.argmax())),  # a latent that fires on many tokens
     ]
     _check(
-        "07.4",
+        "07.5",
         learner,
         _ablate_reference,
         cases,
@@ -224,7 +288,7 @@ def check_ablate_latent(learner: Callable, sae: sae_lib.SAE, x: Float[Tensor, "n
     )
 
 
-# 07.5 (design: control latents) ----------------------------------------------------------------------------
+# 07.6 (design: control latents) ----------------------------------------------------------------------------
 
 
 def _mean_size(acts: Tensor) -> Tensor:
@@ -245,36 +309,36 @@ def check_control_latents(learner: Callable, acts: Float[Tensor, "n d_sae"], lat
     fresh_latent = int(order[len(order) * 2 // 3])  # a live latent with plenty of others near its size
     chosen = None
     for i, (a, target, m) in enumerate(((acts.reshape(-1, acts.shape[-1]), latent, n), (fresh, fresh_latent, 6))):
-        got = call_learner("07.5", learner, a, target, m, unchanged=("0",), unchanged_hint="do not modify the activations you are given.")
+        got = call_learner("07.6", learner, a, target, m, unchanged=("0",), unchanged_hint="do not modify the activations you are given.")
         try:
             got = [int(g) for g in (got.tolist() if isinstance(got, Tensor) else got)]
         except (TypeError, ValueError):
-            raise CheckFailed("07.5", f"return a list of {m} latent indices (integers), got {type(got).__name__}.") from None
+            raise CheckFailed("07.6", f"return a list of {m} latent indices (integers), got {type(got).__name__}.") from None
         size = _mean_size(a)
         if len(got) != m:
-            raise CheckFailed("07.5", f"asked for {m} control latents, got {len(got)}.")
+            raise CheckFailed("07.6", f"asked for {m} control latents, got {len(got)}.")
         if len(set(got)) != m:
-            raise CheckFailed("07.5", "a latent appears twice among your controls: each control should be a different latent.")
+            raise CheckFailed("07.6", "a latent appears twice among your controls: each control should be a different latent.")
         if any(not 0 <= g < a.shape[-1] for g in got):
-            raise CheckFailed("07.5", f"latent indices run from 0 to {a.shape[-1] - 1}.")
+            raise CheckFailed("07.6", f"latent indices run from 0 to {a.shape[-1] - 1}.")
         if target in got:
-            raise CheckFailed("07.5", "your controls include the latent under test itself: a control is a *different* latent.")
+            raise CheckFailed("07.6", "your controls include the latent under test itself: a control is a *different* latent.")
         if any(size[g] == 0 for g in got):
-            raise CheckFailed("07.5", "some of your controls never fire on these tokens: ablating a dead latent changes nothing, which makes any latent look important by comparison.")
+            raise CheckFailed("07.6", "some of your controls never fire on these tokens: ablating a dead latent changes nothing, which makes any latent look important by comparison.")
         off = [g for g in got if not size[target] / factor <= size[g] <= size[target] * factor]
         if off:
             raise CheckFailed(
-                "07.5",
+                "07.6",
                 f"{len(off)} of your controls fire at a very different size (their mean activation where they fire is more than a factor {factor:g} away from the tested latent's): "
                 "a bigger latent moves the activation more, so the comparison would not be like for like.",
             )
         if i == 0:
             chosen = got
-    passed("07.5", "your controls are other live latents of the same activation size: removing them is as large an edit")
+    passed("07.6", "your controls are other live latents of the same activation size: removing them is as large an edit")
     return chosen
 
 
-# 07.3 and 07.6 (interpretations) -----------------------------------------------------------------------
+# 07.4 and 07.7 (interpretations) -----------------------------------------------------------------------
 
 CONFOUND_OPTIONS = {
     "A": "the latent detects the main verb of a sentence in context: its AUC is near 1 on held-out tokens",
@@ -283,9 +347,9 @@ CONFOUND_OPTIONS = {
     "D": "the token-identity baseline is unfair: it was fitted on the labels, the latent was not",
 }
 _CONFOUND_SEALED = (
-    "04ed937e280f0571",
-    "31311e29a9b225ecaf9b634c776f011b",
-    "E0V1JCNdPwVTkpfciSzu0DRxjgdxUu3xgGuDOhRCZ0PAh0UzHwJ1fE9CvoEAEeIc/ZU8yuVehFt7jZi2K+vEV61kFVqhvheavytf2fskNirw7t5QxHwmhzOe+gtFvEPK4MuvHk8QiJfgkkyL9kK6J2BH9z/6gTYDshjUipF8tqJeUJ3XoXSaj/V9IUtXnp6ZcuFUj5HxLSv/Ee290kQbfixSeFSHo/LUsWTQB3vFAok4syN+a2JxjI7tJQqXAdOG0SRDOpI7DtcUjSIcWeM5GUhlFMLPN1bCxws=",
+    "6f5ceb562eb16caf",
+    "c7e2a250a5a5b945c049a40705646add",
+    "o7F+4/TSg6os90Vr23LPTrpWnYNYjbuTKpLkPHmcvOPsBnNCNd2B9exua55I15MIwxKfYcsy22ypAuiay2c3UmnSIAB7UansYmLgakriS8443GBJck+QKi3Z/cmyldmcm6d06GlWcDxN5zCOw16EcscCLZrdFOm7kaChaYx96rKNWwLU9Qb3saXAx66wipib5W8PUPOlaGExc/u27GaIAjjNq8iIGsCQr3Y0epDBAO3hzVqtjv3zGg4QXDtivH/zMmuaFJ/9KtGLj4nYuXYXKnZ00ZgGkX63DEM=",
 )
 _CONFOUND_HINTS = {
     "A": "a high AUC on held-out tokens shows the latent tracks the label; compare it with what the word alone achieves.",
@@ -295,8 +359,8 @@ _CONFOUND_HINTS = {
 
 
 def check_confound(answer) -> str:
-    """07.3: what a near-perfect AUC for the role 'verb' shows, next to the token-identity baseline."""
-    return check_choice("07.3", answer, CONFOUND_OPTIONS, _CONFOUND_SEALED, hints=_CONFOUND_HINTS)
+    """07.4: what a near-perfect AUC for the role 'verb' shows, next to the token-identity baseline."""
+    return check_choice("07.4", answer, CONFOUND_OPTIONS, _CONFOUND_SEALED, hints=_CONFOUND_HINTS)
 
 
 INTERVENTION_OPTIONS = {
@@ -306,9 +370,9 @@ INTERVENTION_OPTIONS = {
     "D": "the effect is an artefact of splicing the SAE in, which changes the model's output by itself",
 }
 _INTERVENTION_SEALED = (
-    "c1c1f573097e7baf",
-    "c1c2ad673e6f017f0ecdfdc1d2b1ae8d",
-    "MibF86ee2Dbb0sdPCtaG6/NdsA4gZLexBgW30qQY37d5GYC7zQhkrmTY8uaNKhvPnOWKjW0dczqlG+KaoxuD5HU3TRkVWrzgy/0/97zoGqj0VJEPE7iGsEJYQjjlVXVi1GYmAEOYPRVzbDmGxgyNufTEsPn/l0DsRvHGZ/fByjb33vqIFHgar+wgnqkrpznpnR7Z+k8N2LpZFNeTW8Y8G+OWzDxoTQ0KixSB/Z9RSEguXmfycMXd4p6Gkv6nLjD9rXwWMNW0zstSyyavhaAd5Bagsm8FMk2Bmn9wz3US5annQi9zv5eWqdP54C3hc3PMbi5XG20B0y5mMoNccDRt8YE5ce9cGJLD2ngZEXGKtaTYUng3GVY=",
+    "f305e6b68b779316",
+    "150d2bb6d6511bad233e909a351c2986",
+    "AoBbNTz4HOuzuevOIp8SoiPPBYJ4aVXpRGuXE9cFRgyl9uXsEznLSP1iR6ajsn2qaqj35AC+xzDboYgk9roDEaaODUfXxk0O0kZex1TPxmE8fkOC3Vld/RXqkDvLyrMpAdLV6Burw6D8ee3I+jl37dzfMn+2N5Hy1IVcP+m2CW9I4oT4o7Xuvq199Alh1SpIvZ9Z25ASGLaf45BIeZphh/QybEqUf3lmkCxTly1HVOiQPhuWECt+FCG++1sCf2x+4Yd4psIHb6fZVzKmt2Zo7l5Y6mvZwD4wsyYzRAdI1ShINz6GFvNV1u25iwozj8oZ87pDOrdZwBzRXDDf/w5BnPb8OJoIQXwbn1xGMFyYupvyhah0Kbw=",
 )
 _INTERVENTION_HINTS = {
     "A": "look at how much of the logit difference survives the ablation.",
@@ -318,5 +382,5 @@ _INTERVENTION_HINTS = {
 
 
 def check_intervention(answer) -> str:
-    """07.6: what ablating and steering the agreement latent, against matched random latents, shows (toy-lm)."""
-    return check_choice("07.6", answer, INTERVENTION_OPTIONS, _INTERVENTION_SEALED, hints=_INTERVENTION_HINTS)
+    """07.7: what ablating and steering the agreement latent, against matched random latents, shows (toy-lm)."""
+    return check_choice("07.7", answer, INTERVENTION_OPTIONS, _INTERVENTION_SEALED, hints=_INTERVENTION_HINTS)
