@@ -114,10 +114,15 @@ REFERENCE_SOLUTION = _cells("nb09-imports", "nb09-kept", "nb09-ex1", "nb09-ex2")
 def solve(probe: Probe) -> tuple[set[Edge], dict[str, str]]:
     """Notebook 09's reference solution (ACDC, then a role analysis by ablation) on a probe's model."""
     namespace = {}
-    exec(REFERENCE_SOLUTION[0], namespace)
-    namespace.update(model=probe.model, clean=probe.clean, corrupted=probe.corrupted, metric=probe.metric, scores=probe.scores())
-    for source in REFERENCE_SOLUTION[1:]:
-        exec(source, namespace)
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    try:  # the notebook's setup switches gradients off and sets threads: not for the rest of the test session
+        exec(REFERENCE_SOLUTION[0], namespace)
+        namespace.update(model=probe.model, clean=probe.clean, corrupted=probe.corrupted, metric=probe.metric, scores=probe.scores())
+        for source in REFERENCE_SOLUTION[1:]:
+            exec(source, namespace)
+    finally:
+        torch.set_grad_enabled(grad)
+        torch.set_num_threads(threads)
     return {Edge(*edge.split("->")) for edge in namespace["my_circuit"]}, namespace["my_roles"]
 
 
@@ -127,6 +132,11 @@ def test_the_reference_solution_recovers_the_truth(seed, probes):
     truth = mystery.ground_truth(seed)
     assert edges == set(truth.circuit.edges)
     assert roles == truth.roles
+
+
+def test_running_the_reference_solution_leaves_torch_as_it_was(probes):
+    solve(probes[0])
+    assert torch.is_grad_enabled()
 
 
 @pytest.mark.parametrize("seed", SEEDS[:10])
