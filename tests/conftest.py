@@ -42,3 +42,16 @@ def gpt2_hf_home(tmp_path_factory) -> Path:
     hf_home = tmp_path_factory.mktemp("gpt2-hf-home")
     build_gpt2_standin(hf_home)
     return hf_home
+
+
+@pytest.fixture(autouse=True)
+def _torch_global_state_restored():
+    """Each test starts with gradients on and leaves torch's grad mode and thread count as it found them
+    (code that runs notebook cells in-process, or a failing test, must not change later tests)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_grad_enabled(True)
+    yield
+    torch.set_grad_enabled(True)
+    torch.set_num_threads(threads)
